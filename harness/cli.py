@@ -1,0 +1,156 @@
+"""The `harness` command. Subcommands import the training stack only when they need it, so
+`harness --help`, `list`, `validate` and `compare` answer without loading torch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.recipe import REPO_RECIPES, RecipeError, find_recipe, load_recipe, recipe_files
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = []
+    for path in recipe_files(args.root):
+        try:
+            recipe = load_recipe(str(path))
+        except RecipeError as error:
+            rows.append((path.stem, "INVALID", str(error).split(": ", 1)[-1][:60], "", ""))
+            continue
+        source = recipe.data.name or recipe.data.train_file or ""
+        setup = f"{recipe.precision.dtype} {recipe.model.attn_implementation} x{recipe.hardware.num_processes}"
+        rows.append((recipe.name, recipe.model.name, source, setup, recipe.description))
+    widths = [max(len(r[i]) for r in rows + [("recipe", "model", "data", "setup", "")]) for i in range(4)]
+    header = ("recipe", "model", "data", "setup", "description")
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    paths: list[Path] = []
+    for target in args.paths or [str(REPO_RECIPES)]:
+        target_path = Path(target)
+        paths += recipe_files(target_path) if target_path.is_dir() else [find_recipe(target)]
+    failures = 0
+    for path in paths:
+        try:
+            recipe = load_recipe(str(path), args.set)
+            print(f"ok      {path}  ({recipe.name}, hash {recipe.hash})")
+        except RecipeError as error:
+            failures += 1
+            print(f"INVALID {error}")
+    print(f"{len(paths) - failures} valid, {failures} invalid")
+    return 1 if failures or not paths else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.compare import compare
+    from harness.launcher import launch
+    from harness.plan import make_plan
+
+    recipes = [load_recipe(name, args.set) for name in args.recipes]  # all validated before any run starts
+    paths = []
+    for recipe in recipes:
+        plan = make_plan(recipe, results_dir=args.results_dir)
+        print(f"run {plan.run_id}: recipe {recipe.name} (hash {recipe.hash})", flush=True)
+        paths.append(launch(plan))
+        print(f"result: {paths[-1]}", flush=True)
+    print()
+    print(compare([str(p) for p in paths], baseline="0" if len(paths) > 1 else None))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import DEFAULT_METRICS, compare
+
+    metrics = args.metrics.split(",") if args.metrics else DEFAULT_METRICS
+    try:
+        table = compare(args.paths, metrics=metrics, fmt=args.format, split=args.split,
+                        baseline=args.baseline, ratio_of=args.ratio_of)  # fmt: skip
+    except ValueError as error:  # unknown metric or baseline; the message lists the valid ones
+        raise HarnessError(str(error)) from None
+    print(table, end="" if table.endswith("\n") else "\n")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from harness.inference import predict
+
+    path = predict(args.checkpoint, args.file, top_k=args.top_k, output=args.output,
+                   text_column=args.text_column, batch_size=args.batch_size)  # fmt: skip
+    print(f"predictions: {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from harness.inference import evaluate_checkpoint
+
+    path = evaluate_checkpoint(args.checkpoint, split=args.split, file=args.file, results_dir=args.results_dir,
+                               batch_size=args.batch_size)  # fmt: skip
+    print(f"result: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one or more recipes and print their comparison table")
+    run.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe name (see `harness list`) or YAML path")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a recipe value, e.g. --set train.learning_rate=3e-5 (repeatable)")
+    run.add_argument("--results-dir", help="where result files go (default: the recipe's output.results_dir)")
+    run.set_defaults(func=cmd_run)
+
+    listing = sub.add_parser("list", help="list the recipes")
+    listing.add_argument("--root", type=Path, default=None, help="recipe folder (default: recipes/)")
+    listing.set_defaults(func=cmd_list)
+
+    validate = sub.add_parser("validate", help="validate recipe files (default: every file under recipes/)")
+    validate.add_argument("paths", nargs="*", help="recipe files, folders (recursive) or names")
+    validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    validate.set_defaults(func=cmd_validate)
+
+    comp = sub.add_parser("compare", help="compare result files or folders in a table")
+    comp.add_argument("paths", nargs="+", help="result files or folders (searched recursively)")
+    comp.add_argument("--metrics", help="comma-separated metric names (default: a speed/memory/accuracy set)")
+    comp.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
+    comp.add_argument("--split", default="auto", help="accuracy split: test, validation or auto (test if present)")
+    comp.add_argument("--baseline", help="run id, unique prefix or row number to compute ratios against")
+    comp.add_argument("--ratio-of", default="train_samples_per_s", help="metric of the ratio column")
+    comp.set_defaults(func=cmd_compare)
+
+    pred = sub.add_parser("predict", help="write top-k predictions of a saved checkpoint for a file")
+    pred.add_argument("checkpoint", help="a checkpoint folder saved by a run (…/best)")
+    pred.add_argument("file", help="CSV, JSON lines or Parquet file with a text column")
+    pred.add_argument("--top-k", type=int, default=1)
+    pred.add_argument("--text-column", default="text")
+    pred.add_argument("--output", help="output CSV (default: <file>.predictions.csv)")
+    pred.add_argument("--batch-size", type=int, default=64)
+    pred.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("eval", help="evaluate a saved checkpoint and write a result file")
+    ev.add_argument("checkpoint", help="a checkpoint folder saved by a run (…/best)")
+    where = ev.add_mutually_exclusive_group()
+    where.add_argument("--split", default=None, help="split of the recipe's data: validation or test")
+    where.add_argument("--file", help="a labelled CSV, JSON lines or Parquet file")
+    ev.add_argument("--results-dir", default="results")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (HarnessError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Saved checkpoints: `harness predict` (top-k labels for a file) and `harness eval` (a result file)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from accelerate import Accelerator
+from datasets import DatasetDict
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from harness.data import DataError, encode_labels, eval_loader, load_files, load_labelled, source_of, tokenize
+from harness.environment import collect_environment
+from harness.evaluation import Evaluation, evaluate
+from harness.metrics import top_k_predictions
+from harness.modeling import describe_model
+from harness.recipe import DataSpec, recipe_from_dict
+from harness.results import RunResult, new_run_id, save_result, utc_now
+from harness.train import CHECKPOINT_INFO
+
+
+def load_checkpoint(path: str | Path):
+    """Model, tokenizer and the run's info (labels, recipe) from a folder a run saved."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise DataError(f"{folder}: not a saved checkpoint (no config.json); pass the run's …/best folder")
+    info_file = folder / CHECKPOINT_INFO
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    info.setdefault("labels", [model.config.id2label[i] for i in range(model.config.num_labels)])
+    return model, tokenizer, info
+
+
+def _run_eval(model, tokenizer, data: DatasetDict, spec: DataSpec, batch_size: int) -> dict[str, Evaluation]:
+    accelerator = Accelerator()
+    model = accelerator.prepare_model(model, evaluation_mode=True)
+    tokenized = tokenize(data, tokenizer, spec)
+    device = accelerator.device.type
+    return {
+        split: evaluate(model, accelerator.prepare_data_loader(eval_loader(ds, tokenizer, batch_size)),
+                        accelerator, device, split)
+        for split, ds in tokenized.items()
+    }  # fmt: skip
+
+
+def predict(checkpoint: str, file: str, *, top_k: int, output: str | None, text_column: str, batch_size: int) -> Path:
+    """A CSV with the input text and the top-k labels and probabilities per row, in input order."""
+    model, tokenizer, info = load_checkpoint(checkpoint)
+    if not Path(file).is_file():
+        raise DataError(f"{file}: no such file")
+    data = load_files({"predict": file}, source_of(file))
+    if text_column not in data["predict"].column_names:
+        raise DataError(f"{file}: no column '{text_column}' (columns: {', '.join(data['predict'].column_names)}); "
+                        "pass --text-column")  # fmt: skip
+    data = data.rename_column(text_column, "text") if text_column != "text" else data
+    texts = data["predict"]["text"]
+    data = data.map(lambda _, i: {"row": i}, with_indices=True)
+    spec = DataSpec(source="csv", train_file=file, max_length=tokenizer.model_max_length)
+    if "recipe" in info:
+        spec.max_length = info["recipe"]["data"]["max_length"]
+    evaluation = _run_eval(model, tokenizer, data.select_columns(["text", "row"]), spec, batch_size)["predict"]
+    probs = evaluation.probs[np.argsort(evaluation.rows)]  # back to input order
+    out = Path(output or f"{file}.predictions.csv")
+    k = min(top_k, probs.shape[1])
+    with out.open("x", newline="") as handle:  # "x": never overwrite an earlier predictions file
+        writer = csv.writer(handle)
+        writer.writerow(["text"] + [f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "score")])
+        for text, best in zip(texts, top_k_predictions(probs, info["labels"], k)):
+            writer.writerow([text] + [v for label, score in best for v in (label, f"{score:.6f}")])
+    return out
+
+
+def evaluate_checkpoint(checkpoint: str, *, split: str | None, file: str | None, results_dir: str,
+                        batch_size: int) -> Path:  # fmt: skip
+    """Accuracy metrics of a checkpoint on a split of its recipe's data, or on a labelled file."""
+    started_at, start = utc_now(), time.time()
+    model, tokenizer, info = load_checkpoint(checkpoint)
+    if "recipe" not in info and not file:
+        raise DataError(f"{checkpoint}: no {CHECKPOINT_INFO} with the recipe; evaluate a file with --file")
+    recipe = recipe_from_dict(info["recipe"]) if "recipe" in info else None
+    names = info["labels"]
+    if file:
+        if not Path(file).is_file():
+            raise DataError(f"{file}: no such file")
+        spec = recipe.data if recipe else DataSpec(source="csv", train_file=file)
+        data = load_files({"eval": file}, source_of(file))
+        data = data.rename_column(spec.text_column, "text") if spec.text_column != "text" else data
+        data = encode_labels(data, spec.label_column, names)
+        split_name = "eval"
+    else:
+        split_name = split or "test"
+        spec = recipe.data
+        data, labels = load_labelled(spec, recipe.train.seed)
+        if labels.names != names:
+            raise DataError(f"{checkpoint}: the data's labels differ from the checkpoint's ({names})")
+        if split_name not in data:
+            raise DataError(f"split '{split_name}' is not in the recipe's data (it has: {', '.join(data)})")
+        data = DatasetDict({split_name: data[split_name]})
+    data = data.select_columns(["text", "labels"])
+    description = describe_model(model)
+    evaluation = _run_eval(model, tokenizer, data, spec, batch_size)[split_name]
+    recipe_dict: dict[str, Any] = info.get("recipe", {})
+    result = RunResult(
+        run_id=new_run_id(f"eval-{info.get('run_id', Path(checkpoint).name)}"[:80]),
+        kind="eval", status="completed",
+        recipe_name=recipe.name if recipe else "eval",
+        recipe_hash=recipe.hash if recipe else "",
+        recipe=recipe_dict, started_at=started_at, finished_at=utc_now(),
+        ran={"device": model.device.type, "checkpoint": str(checkpoint),
+             "source_run_id": info.get("run_id"), "split": split_name, "file": file, **description},
+        accuracy={split_name: evaluation.metrics(names)},
+        training={"eval_wall_s": time.time() - start},
+        environment=collect_environment(),
+    )  # fmt: skip
+    return save_result(Path(results_dir), result)

@@ -1,0 +1,57 @@
+"""A plan: one validated recipe bound to a run id and output folders. What launchers hand to workers.
+
+Plans travel as JSON files between the launcher and each worker process. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.recipe import Recipe, recipe_from_dict
+from harness.results import new_run_id
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    run_id: str
+    results_dir: str
+    checkpoint_dir: str
+    started_at_unix: float | None = None  # set by the launcher, so time-to-first-step counts process start
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return Path(self.checkpoint_dir) / "best"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe.to_dict(),
+            "run_id": self.run_id,
+            "results_dir": self.results_dir,
+            "checkpoint_dir": self.checkpoint_dir,
+            "started_at_unix": self.started_at_unix,
+        }
+
+    def write(self, path: Path) -> Path:
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> "Plan":
+        raw = json.loads(Path(path).read_text())
+        raw["recipe"] = recipe_from_dict(raw["recipe"])
+        return cls(**raw)
+
+
+def make_plan(recipe: Recipe, results_dir: str | None = None, run_id: str | None = None) -> Plan:
+    """A fresh run id; checkpoints go to <checkpoints_dir>/<recipe>/<run id>, never reused."""
+    run_id = run_id or new_run_id(recipe.name)
+    return Plan(
+        recipe=recipe,
+        run_id=run_id,
+        results_dir=results_dir or recipe.output.results_dir,
+        checkpoint_dir=str(Path(recipe.output.checkpoints_dir) / recipe.name / run_id),
+    )

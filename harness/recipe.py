@@ -1,0 +1,377 @@
+"""Recipes: the typed schema, loading, dotted overrides and validation.
+
+A recipe is one YAML file under ``recipes/``. This module imports no torch, so
+``harness list`` and ``harness validate`` answer instantly; checks that need the
+installed stack (is flash-attn there? can this GPU run bf16?) live in
+``harness.preflight`` and run before any model or data is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from harness.errors import HarnessError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_RECIPES = PACKAGE_ROOT.parent / "recipes"
+
+AttnImpl = Literal["eager", "sdpa", "flash_attention_2", "flex_attention"]
+Dtype = Literal["fp32", "fp16", "bf16"]
+
+
+class RecipeError(HarnessError, ValueError):
+    """A recipe that cannot run; the message names the field and the fix."""
+
+
+@dataclass
+class ModelSpec:
+    name: str  # Hub id, local folder, or "package:<python package>/<folder>"
+    revision: str | None = None
+    attn_implementation: AttnImpl = "sdpa"
+    attn_fallback: Literal["eager", "sdpa"] | None = None  # allowed fallback, recorded when used
+    trust_remote_code: bool = False
+    random_init: bool = False  # weights drawn from the config (speed benchmarks only)
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.attn_fallback is not None and self.attn_fallback == self.attn_implementation:
+            raise RecipeError("model.attn_fallback: equals model.attn_implementation; set it to null")
+
+
+@dataclass
+class DataSpec:
+    source: Literal["hub", "csv", "json", "parquet"] = "hub"
+    name: str | None = None  # Hub dataset id (source: hub)
+    config_name: str | None = None
+    train_split: str = "train"
+    validation_split: str | None = "validation"  # null: carve a stratified split from train
+    test_split: str | None = None
+    train_file: str | None = None  # local files (source: csv, json, parquet)
+    validation_file: str | None = None
+    test_file: str | None = None
+    validation_fraction: float = 0.05
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: int = 512
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    group_by_length: bool = True
+    # "batch": pad each batch to its own longest text (the harness default).
+    # "chunk": pad at tokenisation time to the longest text of each 1000-row chunk,
+    # as `dataset.map(tokenizer(padding=True), batched=True)` scripts do (a baseline).
+    padding: Literal["batch", "chunk"] = "batch"
+
+    def check(self) -> None:
+        if self.source == "hub" and not self.name:
+            raise RecipeError("data.name: required when data.source is 'hub' (a Hub dataset id)")
+        if self.source != "hub":
+            if not self.train_file:
+                raise RecipeError(f"data.train_file: required when data.source is '{self.source}'")
+            if self.name:
+                raise RecipeError("data.name: only for data.source 'hub'; local files use data.train_file")
+        if not 0.0 < self.validation_fraction < 0.5:
+            raise RecipeError("data.validation_fraction: must be in (0, 0.5), for example 0.05")
+        if self.max_length < 8:
+            raise RecipeError("data.max_length: must be at least 8 tokens")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise RecipeError(f"data.{name}: must be a positive count or null")
+
+    @property
+    def has_validation(self) -> bool:
+        return bool(self.validation_file if self.source != "hub" else self.validation_split)
+
+
+@dataclass
+class PrecisionSpec:
+    dtype: Dtype = "fp32"  # autocast dtype; master weights stay fp32 (mixed precision)
+    tf32: bool = False  # TF32 matmuls for the fp32 parts (Ampere and newer)
+
+
+@dataclass
+class TrainSpec:
+    epochs: int = 1
+    max_steps: int | None = None  # optimizer steps; overrides epochs when set
+    batch_size: int = 32  # per device, per micro-batch
+    eval_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+    ] = "linear"
+    optimizer: Literal["adamw"] = "adamw"
+    fused: Literal["auto", "on", "off"] = "auto"  # auto: fused AdamW where the device supports it
+    max_grad_norm: float | None = 1.0
+    seed: int = 42
+    eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
+    eval_steps: int | None = None
+    metric_for_best_model: Literal[
+        "f1_macro", "accuracy", "f1_micro", "f1_weighted", "loss"
+    ] = "f1_macro"
+    save_best: bool = True
+    log_every_steps: int = 10
+    report_to: list[Literal["wandb", "tensorboard"]] = field(default_factory=list)
+
+    def check(self) -> None:
+        positive = ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise RecipeError(f"train.{name}: must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise RecipeError("train.max_steps: must be at least 1, or null to train by epochs")
+        if not self.learning_rate > 0:
+            raise RecipeError("train.learning_rate: must be positive, for example 5e-5")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise RecipeError("train.warmup_ratio: must be in [0, 1), for example 0.1")
+        if self.weight_decay < 0:
+            raise RecipeError("train.weight_decay: must be >= 0")
+        if self.eval_strategy == "steps" and not self.eval_steps:
+            raise RecipeError("train.eval_steps: required when train.eval_strategy is 'steps'")
+        if self.save_best and self.eval_strategy == "no":
+            raise RecipeError("train.save_best: needs evaluation; set train.eval_strategy or save_best: false")
+
+
+@dataclass
+class CollectorSpec:
+    warmup_steps: int = 5  # optimizer steps excluded from step-time statistics
+
+    def check(self) -> None:
+        if self.warmup_steps < 0:
+            raise RecipeError("collector.warmup_steps: must be >= 0")
+
+
+@dataclass
+class HardwareSpec:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_processes: int = 1  # total over all machines, as accelerate counts it
+    gpu: str | None = None  # Modal GPU spec, for example "A100-80GB:4"
+
+    def check(self) -> None:
+        if self.num_processes < 1:
+            raise RecipeError("hardware.num_processes: must be at least 1")
+
+
+@dataclass
+class OutputSpec:
+    results_dir: str = "results"
+    checkpoints_dir: str = "checkpoints"
+
+
+@dataclass
+class Recipe:
+    name: str
+    model: ModelSpec
+    data: DataSpec
+    description: str = ""
+    precision: PrecisionSpec = field(default_factory=PrecisionSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    collector: CollectorSpec = field(default_factory=CollectorSpec)
+    hardware: HardwareSpec = field(default_factory=HardwareSpec)
+    output: OutputSpec = field(default_factory=OutputSpec)
+
+    def check(self) -> None:
+        for section in (self.model, self.data, self.train, self.collector, self.hardware):
+            section.check()
+        if self.model.attn_implementation == "flash_attention_2" and self.precision.dtype == "fp32":
+            raise RecipeError(
+                "precision.dtype: flash_attention_2 runs only in fp16 or bf16; "
+                "set precision.dtype: bf16 or model.attn_implementation: sdpa"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def hash(self) -> str:
+        """Short content hash of the resolved recipe: equal hashes, equal configuration."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping"
+    return "null" if tp is type(None) else tp.__name__
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Return value as type tp, or raise RecipeError naming the field and what is allowed."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(options) < len(typing.get_args(tp)):
+            return None
+        if len(options) == 1:  # Optional[X]: X's own message, which may suggest a value
+            return _coerce(value, options[0], where)
+        for option in options:
+            try:
+                return _coerce(value, option, where)
+            except RecipeError:
+                continue
+        raise RecipeError(f"{where}: got {value!r}; allowed: {_type_name(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise RecipeError(f"{where}: got {value!r}; allowed: {_type_name(tp)}{hint}")
+    elif origin is list:
+        if isinstance(value, list):
+            (item_type,) = typing.get_args(tp)
+            return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _build(tp, value, where)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise RecipeError(f"{where}: got {value!r} ({type(value).__name__}); expected {_type_name(tp)}")
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise RecipeError(f"{prefix}{key}: unknown key{hint} Valid keys: {', '.join(fields)}")
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in raw
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+    ]
+    if missing:
+        raise RecipeError(f"{prefix}{missing[0]}: required")
+    values = {key: _coerce(value, hints[key], f"{prefix}{key}") for key, value in raw.items()}
+    return cls(**values)
+
+
+def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
+    if not isinstance(raw, dict):
+        raise RecipeError("recipe: the file must hold a mapping of sections (model:, data:, ...)")
+    recipe = _build(Recipe, raw, "")
+    recipe.check()
+    return recipe
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.learning_rate=3e-5' -> (['train', 'learning_rate'], 3e-05); values parse as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {text!r}: expected KEY=VALUE, for example train.learning_rate=3e-5")
+    parsed = yaml.safe_load(value) if value.strip() else ""
+    if isinstance(parsed, str) and _looks_like_float(parsed):
+        parsed = float(parsed)  # YAML 1.1 reads "3e-5" as a string
+    return key.strip().split("."), parsed
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of raw with each dotted override set (unknown keys fail at validation)."""
+    result = json.loads(json.dumps(raw))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {text!r}: '{part}' is not a section")
+        node[path[-1]] = value
+    return result
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: must hold a mapping of sections (model:, data:, ...)")
+    return raw
+
+
+def recipe_files(root: Path | None = None) -> list[Path]:
+    """Every recipe file under root (default: the repository's recipes/), recursively."""
+    base = root or REPO_RECIPES
+    return sorted(p for p in base.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def find_recipe(name_or_path: str, root: Path | None = None) -> Path:
+    """A path to a YAML file, or the name of a recipe under recipes/ (its file stem)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} does not exist")
+        return path
+    files = {p.stem: p for p in recipe_files(root)}
+    if name_or_path in files:
+        return files[name_or_path]
+    close = difflib.get_close_matches(name_or_path, list(files), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise RecipeError(f"no recipe named '{name_or_path}'{hint} Run `harness list` to see them.")
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = (), root: Path | None = None) -> Recipe:
+    """Find, read, override and validate a recipe; errors name the file and the field."""
+    path = find_recipe(name_or_path, root)
+    raw = apply_overrides(_read_yaml(path), list(overrides))
+    raw.setdefault("name", path.stem)
+    try:
+        return recipe_from_dict(raw)
+    except RecipeError as error:
+        raise RecipeError(f"{path}: {error}") from None
