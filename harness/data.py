@@ -155,6 +155,13 @@ def carve_validation(data: DatasetDict, fraction: float, seed: int) -> DatasetDi
             f"train split: class(es) {', '.join(names)} have a single example: a stratified validation split "
             "needs two per class; add examples or provide data.validation_file"
         )
+    size = math.ceil(fraction * len(data["train"]))  # datasets' own rounding of test_size
+    if size < len(counts):
+        raise DataError(
+            f"data.validation_fraction: {fraction} of {len(data['train'])} train rows gives {size} validation "
+            f"rows, fewer than the {len(counts)} classes a stratified split needs; raise it or provide "
+            "data.validation_file"
+        )
     parts = data["train"].train_test_split(test_size=fraction, seed=seed, stratify_by_column="labels")
     result = DatasetDict(data)
     result["train"], result["validation"] = parts["train"], parts["test"]

@@ -30,7 +30,10 @@ def resolve_model_source(name: str) -> str:
     if not name.startswith("package:"):
         return name
     package, _, folder = name.removeprefix("package:").partition("/")
-    spec = importlib.util.find_spec(package)
+    try:
+        spec = importlib.util.find_spec(package)
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise PreflightError(f"model.name: package '{package}' is not installed; pip install {package.replace('_', '-')}")
     path = Path(next(iter(spec.submodule_search_locations))) / folder

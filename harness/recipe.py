@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -305,17 +306,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise RecipeError(f"--set {text!r}: expected KEY=VALUE, for example train.learning_rate=3e-5")
     parsed = yaml.safe_load(value) if value.strip() else ""
-    if isinstance(parsed, str) and _looks_like_float(parsed):
-        parsed = float(parsed)  # YAML 1.1 reads "3e-5" as a string
+    if isinstance(parsed, str) and parsed == value.strip() and _looks_like_float(parsed):
+        parsed = float(parsed)  # YAML 1.1 reads "3e-5" as a string; a quoted '"3e-5"' stays one
     return key.strip().split("."), parsed
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _looks_like_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    """A plain decimal number such as 3e-5 or 1.0e5 (not 'inf' or 'nan', which stay text)."""
+    return _FLOAT.fullmatch(text) is not None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

