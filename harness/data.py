@@ -104,8 +104,10 @@ def label_names_from_train(train: Dataset, column: str) -> list[str]:
     if isinstance(feature, ClassLabel):
         names, present = list(feature.names), set(train[column])
     else:
-        present = {str(v) for v in train[column]}
-        names = sorted(present)
+        values = set(train[column])
+        numeric = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        present = {str(v) for v in values}
+        names = [str(v) for v in sorted(values)] if numeric else sorted(present)  # 2 before 10
     if len(present) < 2:
         raise DataError(
             f"train split: column '{column}' holds a single class ({', '.join(map(str, present))}); "
@@ -271,13 +273,13 @@ class CountingCollator:
 
 
 def train_loader(ds: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, seed: int, grouped: bool):
-    sampler = LengthGroupedBatches(ds["length"], batch_size, seed, grouped)
+    sampler = LengthGroupedBatches(list(ds["length"]), batch_size, seed, grouped)  # a list: Column reads are slow
     return DataLoader(ds, batch_sampler=sampler, collate_fn=CountingCollator(tokenizer))
 
 
 def eval_loader(ds: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int) -> DataLoader:
     """Evaluation in order of length (longest first) so batches carry little padding; order is irrelevant
     to the metrics because labels travel with their predictions."""
-    lengths = ds["length"]
+    lengths = list(ds["length"])
     order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
     return DataLoader(ds.select(order), batch_size=batch_size, collate_fn=CountingCollator(tokenizer))

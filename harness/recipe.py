@@ -30,6 +30,9 @@ AttnImpl = Literal["eager", "sdpa", "flash_attention_2", "flex_attention"]
 Dtype = Literal["fp32", "fp16", "bf16"]
 
 
+YAML_BOOL_WORDS = {False: ("no", "off"), True: ("yes", "on")}
+
+
 class RecipeError(HarnessError, ValueError):
     """A recipe that cannot run; the message names the field and the fix."""
 
@@ -158,11 +161,29 @@ class CollectorSpec:
 class HardwareSpec:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_processes: int = 1  # total over all machines, as accelerate counts it
+    num_machines: int = 1
+    deepspeed: str | None = None  # "zero2", "zero3", or a path to your own DeepSpeed JSON
+    offload: Literal["none", "cpu"] = "none"  # ZeRO offload of optimizer state (and parameters with zero3)
+    collective_timeout_s: int = 600  # a rank that stops answering fails the run after this long
     gpu: str | None = None  # Modal GPU spec, for example "A100-80GB:4"
 
     def check(self) -> None:
-        if self.num_processes < 1:
-            raise RecipeError("hardware.num_processes: must be at least 1")
+        if self.num_processes < 1 or self.num_machines < 1:
+            raise RecipeError("hardware.num_processes and hardware.num_machines: must be at least 1")
+        if self.num_processes % self.num_machines:
+            raise RecipeError(
+                "hardware.num_processes: is the total over all machines (as accelerate counts it) and must be "
+                f"a multiple of hardware.num_machines ({self.num_machines})"
+            )
+        if self.offload != "none" and not self.deepspeed:
+            raise RecipeError("hardware.offload: needs hardware.deepspeed (zero2 or zero3)")
+        if self.collective_timeout_s < 10:
+            raise RecipeError("hardware.collective_timeout_s: must be at least 10 seconds")
+
+    @property
+    def launched(self) -> bool:
+        """True when the run needs `accelerate launch` (several processes, or DeepSpeed)."""
+        return self.num_processes > 1 or self.deepspeed is not None
 
 
 @dataclass
@@ -237,6 +258,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None:
             return None
     elif origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads unquoted no/off/yes/on as booleans
+            value = next((w for w in YAML_BOOL_WORDS[value] if w in typing.get_args(tp)), value)
         if value in typing.get_args(tp):
             return value
         close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
@@ -275,7 +298,7 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise RecipeError(f"{prefix}{key}: unknown key{hint} Valid keys: {', '.join(fields)}")
+            raise RecipeError(f"{prefix}{key}: unknown key{hint}. Valid keys: {', '.join(fields)}")
     missing = [
         name
         for name, f in fields.items()
@@ -359,18 +382,44 @@ def find_recipe(name_or_path: str, root: Path | None = None) -> Path:
         if not path.is_file():
             raise RecipeError(f"recipe file {path} does not exist")
         return path
-    files = {p.stem: p for p in recipe_files(root)}
-    if name_or_path in files:
-        return files[name_or_path]
-    close = difflib.get_close_matches(name_or_path, list(files), n=1)
+    matches = [p for p in recipe_files(root) if p.stem == name_or_path]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise RecipeError(f"recipe name '{name_or_path}' is ambiguous: {', '.join(map(str, matches))}; pass a path")
+    names = [p.stem for p in recipe_files(root)]
+    close = difflib.get_close_matches(name_or_path, names, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise RecipeError(f"no recipe named '{name_or_path}'{hint} Run `harness list` to see them.")
+    raise RecipeError(f"no recipe named '{name_or_path}'{hint}. Run `harness list` to see them.")
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """base with top's values laid over it, section by section."""
+    merged = dict(base)
+    for key, value in top.items():
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = deep_merge(merged[key], value) if both_sections else value
+    return merged
+
+
+def read_recipe_file(path: Path, root: Path | None = None, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's mapping; a file that says `extends: OTHER` is OTHER with this file's values laid over it."""
+    raw = _read_yaml(path)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    base_path = find_recipe(str(base), root)
+    if base_path.resolve() in seen or base_path.resolve() == path.resolve():
+        raise RecipeError(f"{path}: extends: '{base}' makes a cycle")
+    parent = read_recipe_file(base_path, root, seen + (path.resolve(),))
+    parent.pop("name", None)  # a name belongs to its own file
+    return deep_merge(parent, raw)
 
 
 def load_recipe(name_or_path: str, overrides: list[str] = (), root: Path | None = None) -> Recipe:
     """Find, read, override and validate a recipe; errors name the file and the field."""
     path = find_recipe(name_or_path, root)
-    raw = apply_overrides(_read_yaml(path), list(overrides))
+    raw = apply_overrides(read_recipe_file(path, root), list(overrides))
     raw.setdefault("name", path.stem)
     try:
         return recipe_from_dict(raw)

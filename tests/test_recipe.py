@@ -68,9 +68,17 @@ def test_recipe_files_are_every_yaml_file_under_recipes():
 def test_each_shipped_recipe_validates(path):
     loaded = load_recipe(str(path))
     assert loaded.name == path.stem  # no recipe sets its own name: the file stem is the name
+    assert loaded.model.name == file_value(path, "model", "name")
+    learning_rate = file_value(path, "train", "learning_rate")
+    assert loaded.train.learning_rate == (5e-5 if learning_rate is None else float(learning_rate))
+
+
+def file_value(path: Path, section: str, key: str):
+    """A value as the YAML file (or the file it `extends`) writes it; None where neither sets it."""
     raw = yaml.safe_load(path.read_text())
-    assert loaded.model.name == raw["model"]["name"]
-    assert loaded.to_dict()["train"]["learning_rate"] == float(raw["train"]["learning_rate"])
+    if key in raw.get(section, {}):
+        return raw[section][key]
+    return file_value(find_recipe(raw["extends"]), section, key) if "extends" in raw else None
 
 
 @pytest.mark.parametrize("path", recipe_files(), ids=lambda p: p.stem)
@@ -288,10 +296,10 @@ def test_find_recipe_searches_sub_folders(tmp_path):
 # --------------------------------------------------------------------------- torch-free commands
 
 
-def _torch_after(argv: list[str]) -> dict:
+def _torch_after(argv: list[str], prelude: str = "") -> dict:
     """Run harness.cli.main(argv) in a fresh interpreter; report its exit code and whether torch got imported."""
     code = (
-        "import json, sys\n"
+        f"import json, sys\n{prelude}\n"
         "from harness.cli import main\n"
         "try:\n"
         f"    rc = main({argv!r})\n"
@@ -322,6 +330,11 @@ def test_light_commands_import_no_torch(command, tmp_path):
     outcome = _torch_after(argv)
     assert outcome["rc"] == 0
     assert outcome["torch"] is False
+
+
+def test_torch_check_detects_torch():
+    """The control: the same probe does see torch once something imports it."""
+    assert _torch_after(["list"], prelude="import harness.data")["torch"] is True
 
 
 def test_list_shows_every_recipe(capsys):
