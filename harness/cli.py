@@ -48,19 +48,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.compare import compare
-    from harness.launcher import launch
+    from harness.launcher import MachineRole, RunFailed, launch
     from harness.plan import make_plan
+    from harness.results import result_path
 
     recipes = [load_recipe(name, args.set) for name in args.recipes]  # all validated before any run starts
-    paths = []
+    role = MachineRole(args.machine_rank, args.main_process_ip, args.main_process_port)
+    paths, failed = [], 0
     for recipe in recipes:
         plan = make_plan(recipe, results_dir=args.results_dir)
         print(f"run {plan.run_id}: recipe {recipe.name} (hash {recipe.hash})", flush=True)
-        paths.append(launch(plan))
+        try:
+            paths.append(launch(plan, role))
+        except RunFailed as error:
+            print(f"FAILED: {error}", file=sys.stderr, flush=True)
+            failed += 1
+            paths.append(result_path(Path(plan.results_dir), recipe.name, plan.run_id))
         print(f"result: {paths[-1]}", flush=True)
-    print()
-    print(compare([str(p) for p in paths], baseline="0" if len(paths) > 1 else None))
-    return 0
+    existing = [str(p) for p in paths if p.is_file()]  # machines other than rank 0 write no results
+    if existing:
+        print()
+        print(compare(existing, baseline="0" if len(existing) > 1 else None))
+    return 1 if failed else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -103,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a recipe value, e.g. --set train.learning_rate=3e-5 (repeatable)")
     run.add_argument("--results-dir", help="where result files go (default: the recipe's output.results_dir)")
+    multi = run.add_argument_group("multi-machine runs (hardware.num_machines > 1): run on every machine")
+    multi.add_argument("--machine-rank", type=int, default=0, help="this machine's rank (0 writes the results)")
+    multi.add_argument("--main-process-ip", help="address of the machine of rank 0")
+    multi.add_argument("--main-process-port", type=int, help="a free port on the machine of rank 0")
     run.set_defaults(func=cmd_run)
 
     listing = sub.add_parser("list", help="list the recipes")

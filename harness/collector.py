@@ -20,8 +20,9 @@ all devices in the run.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from harness.results import SpeedReport
 
@@ -49,7 +50,7 @@ class BatchCounts:
     padded_tokens: int = 0
     sum_len_sq: int = 0  # sum over sequences of (real length)^2, for the attention FLOPs term
 
-    def __iadd__(self, other: "BatchCounts") -> "BatchCounts":
+    def __iadd__(self, other: BatchCounts) -> BatchCounts:
         self.samples += other.samples
         self.real_tokens += other.real_tokens
         self.padded_tokens += other.padded_tokens

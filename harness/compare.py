@@ -16,8 +16,9 @@ import difflib
 import io
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from harness.results import find_result_files, load_result
 

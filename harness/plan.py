@@ -21,6 +21,7 @@ class Plan:
     results_dir: str
     checkpoint_dir: str
     started_at_unix: float | None = None  # set by the launcher, so time-to-first-step counts process start
+    resumable: bool = False  # save training state each epoch; continue from it if the run folder has one
 
     @property
     def best_checkpoint(self) -> Path:
@@ -33,6 +34,7 @@ class Plan:
             "results_dir": self.results_dir,
             "checkpoint_dir": self.checkpoint_dir,
             "started_at_unix": self.started_at_unix,
+            "resumable": self.resumable,
         }
 
     def write(self, path: Path) -> Path:
@@ -40,10 +42,12 @@ class Plan:
         return path
 
     @classmethod
-    def read(cls, path: Path) -> "Plan":
-        raw = json.loads(Path(path).read_text())
-        raw["recipe"] = recipe_from_dict(raw["recipe"])
-        return cls(**raw)
+    def from_dict(cls, raw: dict[str, Any]) -> Plan:
+        return cls(**{**raw, "recipe": recipe_from_dict(raw["recipe"])})
+
+    @classmethod
+    def read(cls, path: Path) -> Plan:
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def make_plan(recipe: Recipe, results_dir: str | None = None, run_id: str | None = None) -> Plan:

@@ -10,6 +10,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.distributed import check_deepspeed
 from harness.errors import HarnessError
 from harness.recipe import Recipe
 
@@ -115,6 +116,7 @@ def preflight(recipe: Recipe) -> Decisions:
     """Every check that is cheap and needs no data or weights; returns the decisions the run will use."""
     check_data_files(recipe)
     check_trackers(recipe)
+    check_deepspeed(recipe)
     resolve_model_source(recipe.model.name)
     device = resolve_device(recipe.hardware.device)
     check_precision(recipe.precision.dtype, device)

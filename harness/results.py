@@ -105,12 +105,12 @@ def write_new_json(path: Path, document: dict[str, Any]) -> Path:
     return path
 
 
-def result_path(results_dir: Path, result: RunResult) -> Path:
-    return results_dir / result.recipe_name / f"{result.run_id}.json"
+def result_path(results_dir: Path, recipe_name: str, run_id: str) -> Path:
+    return results_dir / recipe_name / f"{run_id}.json"
 
 
 def save_result(results_dir: Path, result: RunResult) -> Path:
-    return write_new_json(result_path(results_dir, result), result.to_dict())
+    return write_new_json(result_path(results_dir, result.recipe_name, result.run_id), result.to_dict())
 
 
 def load_result(path: Path) -> dict[str, Any]:

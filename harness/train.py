@@ -8,34 +8,39 @@ Only the main process writes checkpoints and results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import os
 import resource
 import shutil
 import sys
 import time
-import traceback
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate import Accelerator, DeepSpeedPlugin, PartialState
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list, gather_object, set_seed
+from torch.distributed.elastic.multiprocessing.errors import record
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from harness.collector import BatchCounts, FlopsModel, StepTimer, cuda_timer, merge_rank_logs, speed_report
-from harness.data import LabelInfo, eval_loader, load_labelled, tokenize, train_loader
+from harness.data import eval_loader, load_labelled, tokenize, train_loader
+from harness.distributed import deepspeed_config, deepspeed_summary
 from harness.environment import collect_environment
+from harness.errors import HarnessError
 from harness.evaluation import evaluate, synchronize
 from harness.hardware import math_mode, peak_flops
+from harness.launcher import exception_info, is_launched_worker, record_failure
 from harness.modeling import describe_model, flops_model, load_model, load_tokenizer
-from harness.plan import Plan
-from harness.errors import HarnessError
+from harness.plan import Plan, make_plan
 from harness.preflight import Decisions, preflight, resolve_model_source
-from harness.recipe import Recipe, TrainSpec
+from harness.recipe import Recipe, TrainSpec, load_recipe
 from harness.results import MemoryReport, RunResult, save_result, utc_now, write_new_json
 
 MIXED_PRECISION = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}
@@ -43,13 +48,41 @@ CHECKPOINT_INFO = "harness.json"  # beside the weights: labels, recipe and run i
 
 
 def make_accelerator(recipe: Recipe, decisions: Decisions) -> Accelerator:
+    """Everything from the recipe, DeepSpeed included, so that `accelerate launch`, torchrun and the harness
+    launcher all run the same configuration; the process group comes from the launcher's environment."""
     torch.set_float32_matmul_precision("high" if recipe.precision.tf32 else "highest")
-    return Accelerator(
+    plugin, backend = None, None
+    if recipe.hardware.deepspeed:
+        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(recipe))
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # as accelerate launch sets it: DeepSpeed owns the group
+        backend = "gloo" if decisions.device == "cpu" else None  # accelerate knows no CPU backend for DeepSpeed
+    # a rank that stops answering fails every collective after this long, so a run never hangs forever
+    timeout = timedelta(seconds=recipe.hardware.collective_timeout_s)
+    group = InitProcessGroupKwargs(backend=backend, timeout=timeout)
+    accelerator = Accelerator(
         mixed_precision=MIXED_PRECISION[recipe.precision.dtype],
         gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
-        cpu=decisions.device == "cpu",
+        # accelerate's cpu=True would silently drop DeepSpeed; without a GPU, DeepSpeed runs on the CPU itself
+        cpu=decisions.device == "cpu" and plugin is None,
         log_with=recipe.train.report_to or None,
+        kwargs_handlers=[group],
+        deepspeed_plugin=plugin,
     )
+    if plugin is not None and accelerator.distributed_type != DistributedType.DEEPSPEED:
+        raise HarnessError(f"hardware.deepspeed: asked for, but accelerate set up {accelerator.distributed_type}")
+    if accelerator.num_processes != recipe.hardware.num_processes:
+        raise HarnessError(
+            f"hardware.num_processes: the recipe asks for {recipe.hardware.num_processes} process(es) but "
+            f"{accelerator.num_processes} started; launch with `harness run`, or match your accelerate config "
+            f"with --set hardware.num_processes={accelerator.num_processes}"
+        )
+    return accelerator
+
+
+def share_run_identity(plan: Plan) -> None:
+    """Every rank adopts rank 0's run id, so all processes (and machines) write into one run."""
+    identity = broadcast_object_list([plan.run_id, plan.checkpoint_dir])
+    plan.run_id, plan.checkpoint_dir = identity
 
 
 def build_optimizer(model: torch.nn.Module, spec: TrainSpec, device: str) -> tuple[torch.optim.Optimizer, bool]:
@@ -111,6 +144,17 @@ def peak_memory(device: str) -> dict[str, Any]:
     return memory
 
 
+@dataclass
+class Progress:
+    """Where the training loop is: what a resumed attempt needs to continue."""
+
+    step: int = 0
+    epochs_done: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"step": None, "value": None, "metrics": None})
+
+
 class Run:
     """One training run in this process: everything the loop needs, built once."""
 
@@ -123,6 +167,7 @@ class Run:
         datasets.disable_progress_bars()  # the training and evaluation bars are the ones that matter
         self.device = self.decisions.device
         self.accelerator = make_accelerator(self.recipe, self.decisions)
+        share_run_identity(plan)
         set_seed(self.recipe.train.seed)
         source = resolve_model_source(self.recipe.model.name)
         self.tokenizer = load_tokenizer(self.recipe.model, source)
@@ -148,6 +193,7 @@ class Run:
             num_warmup_steps=math.ceil(train.warmup_ratio * self.total_steps),
             num_training_steps=self.total_steps,
         )  # fmt: skip
+        self.accelerator.register_for_checkpointing(self.scheduler)  # saved and restored with the run's state
         self.model_description["attn_implementation"] = self.accelerator.unwrap_model(
             self.model
         ).config._attn_implementation
@@ -159,14 +205,15 @@ class Run:
         timer = cuda_timer() if self.device == "cuda" else StepTimer(time.perf_counter)
         if self.recipe.train.report_to:
             acc.init_trackers("harness", config={"run_id": self.plan.run_id, **self.recipe.to_dict()})
-        history, evals, best = [], [], {"step": None, "value": None, "metrics": None}
-        first_step_s, step, counts = None, 0, BatchCounts()
+        state = self.resume() if self.plan.resumable else Progress()
+        history, evals, best, step = state.history, state.evals, state.best, state.step
+        first_step_s, counts = None, BatchCounts()
         running_loss, micro_batches = torch.zeros((), device=acc.device), 0
-        progress = tqdm(total=self.total_steps, desc="training", disable=not acc.is_local_main_process)
+        progress = tqdm(total=self.total_steps, initial=step, desc="training", disable=not acc.is_local_main_process)
         self.model.train()
         train_start = time.perf_counter()
         timer.restart()
-        for epoch in range(self.epochs):
+        for epoch in range(state.epochs_done, self.epochs):
             self.train_dl.set_epoch(epoch)
             for batch in self.train_dl:
                 counts += batch.pop("counts")
@@ -187,7 +234,7 @@ class Run:
                 timer.step_done(counts, self.flops.training_flops(counts))
                 counts = BatchCounts()
                 progress.update()
-                if step == 1:
+                if first_step_s is None:
                     synchronize(self.device)
                     first_step_s = time.time() - self.started
                 if step % train.log_every_steps == 0 or step == self.total_steps:
@@ -207,6 +254,9 @@ class Run:
                     timer.restart()
                 if step >= self.total_steps:
                     break
+            if self.plan.resumable:
+                self.save_progress(Progress(step, epoch + 1, history, evals, best))
+                timer.restart()
             if step >= self.total_steps:
                 break
         synchronize(self.device)
@@ -214,7 +264,41 @@ class Run:
         train_wall = time.perf_counter() - train_start
         log = timer.finalize()
         return {"log": log, "history": history, "evals": evals, "best": best, "steps": step,
-                "first_step_s": first_step_s, "train_wall_s": train_wall}  # fmt: skip
+                "first_step_s": first_step_s, "train_wall_s": train_wall,
+                "resumed_from_step": state.step if state.epochs_done else None}  # fmt: skip
+
+    # ------------------------------------------------------------------ resume
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.plan.checkpoint_dir) / "state"
+
+    def save_progress(self, progress: Progress) -> None:
+        """Model, optimizer, scheduler and RNG states plus the loop's progress, swapped in whole at each epoch
+        end, so a preempted run restarts from its last finished epoch."""
+        staging = self.state_dir.with_name("state.staging")
+        if self.accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(staging))  # every rank writes its part (DeepSpeed shards)
+        if self.accelerator.is_main_process:
+            write_new_json(staging / "progress.json", dataclasses.asdict(progress))
+            previous = self.state_dir.with_name("state.previous")
+            if self.state_dir.exists():
+                self.state_dir.rename(previous)
+            staging.rename(self.state_dir)
+            shutil.rmtree(previous, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def resume(self) -> Progress:
+        """The saved progress of an interrupted attempt of this run, or a fresh start."""
+        progress_file = self.state_dir / "progress.json"
+        if not progress_file.is_file():
+            return Progress()
+        self.accelerator.load_state(str(self.state_dir))
+        progress = Progress(**json.loads(progress_file.read_text()))
+        self.accelerator.print(f"resuming {self.plan.run_id} after epoch {progress.epochs_done} (step {progress.step})")
+        return progress
 
     def _evaluate_and_keep_best(self, step: int, epoch: int, evals: list, best: dict) -> None:
         evaluation = evaluate(self.model, self.eval_dls["validation"], self.accelerator, self.device, "validating")
@@ -243,10 +327,28 @@ class Run:
         return accuracy
 
     def _load_best_weights(self) -> None:
+        """The saved best weights back into the training model, on every rank."""
         from transformers import AutoModelForSequenceClassification
 
-        best = AutoModelForSequenceClassification.from_pretrained(self.plan.best_checkpoint)
-        self.accelerator.unwrap_model(self.model).load_state_dict(best.state_dict())
+        self.accelerator.wait_for_everyone()  # the main process has finished writing the checkpoint
+        state = AutoModelForSequenceClassification.from_pretrained(self.plan.best_checkpoint).state_dict()
+        model = self.accelerator.unwrap_model(self.model)
+        if self.deepspeed_stage() == 3:  # parameters are partitioned: gather, let rank 0 load, re-partition
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
+                if self.accelerator.is_main_process:
+                    model.load_state_dict(state)
+        else:
+            model.load_state_dict(state)
+
+    def deepspeed_config(self) -> dict[str, Any] | None:
+        plugin = self.accelerator.state.deepspeed_plugin
+        return plugin.deepspeed_config if plugin is not None else None
+
+    def deepspeed_stage(self) -> int | None:
+        config = self.deepspeed_config()
+        return config["zero_optimization"]["stage"] if config else None
 
     # ------------------------------------------------------------------ result
 
@@ -270,6 +372,8 @@ class Run:
             "fused_optimizer": self.fused,
             "gradient_accumulation_steps": train.gradient_accumulation_steps,
             "global_batch_size": train.batch_size * train.gradient_accumulation_steps * acc.num_processes,
+            "precision": self.recipe.precision.dtype,
+            "deepspeed": deepspeed_summary(self.deepspeed_config()) if self.deepspeed_config() else None,
             "fallbacks": self.decisions.fallbacks,
             **self.model_description,
         }
@@ -304,6 +408,7 @@ class Run:
                 "loss_history": outcome["history"], "evaluations": outcome["evals"],
                 "best": {"step": best["step"], "metric": recipe.train.metric_for_best_model, "value": best["value"],
                          "checkpoint": str(self.plan.best_checkpoint) if recipe.train.save_best else None},
+                "resumed_from_step": outcome["resumed_from_step"],
                 "step_log": log.to_dict(),
             },
             environment=environment,
@@ -314,44 +419,46 @@ def execute(plan: Plan) -> Path | None:
     """Run the plan in this process; the main process returns the result file's path."""
     run = Run(plan)
     acc = run.accelerator
-    try:
-        outcome = run.train()
-        accuracy = run.final_accuracy(outcome["best"])
-        outcome["logs"] = gather_object([outcome["log"].to_dict()])
-        memory = gather_object([{"rank": acc.process_index, **peak_memory(run.device)}])
-        acc.end_training()
-    except Exception as error:
-        if acc.is_main_process:
-            path = save_failed(plan, run.started_at, error, rank=acc.process_index)
-            print(f"run failed; result written to {path}", file=sys.stderr)
-        raise
+    outcome = run.train()
+    accuracy = run.final_accuracy(outcome["best"])
+    outcome["logs"] = gather_object([outcome["log"].to_dict()])
+    memory = gather_object([{"rank": acc.process_index, **peak_memory(run.device)}])
+    acc.end_training()
     if not acc.is_main_process:
         return None
     result = run.result(outcome, accuracy, collect_environment(), memory)
     return save_result(Path(plan.results_dir), result)
 
 
-def save_failed(plan: Plan, started_at: str, error: BaseException, rank: int | None) -> Path:
-    result = RunResult(
-        run_id=plan.run_id, kind="train", status="failed",
-        recipe_name=plan.recipe.name, recipe_hash=plan.recipe.hash, recipe=plan.recipe.to_dict(),
-        started_at=started_at, finished_at=utc_now(),
-        error={"type": type(error).__name__, "message": str(error), "rank": rank,
-               "traceback": traceback.format_exception(error)[-3:]},
-        environment=collect_environment(),
-    )  # fmt: skip
-    return save_result(Path(plan.results_dir), result)
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    if args.plan:
+        return Plan.read(args.plan)
+    plan = make_plan(load_recipe(args.recipe, args.set), results_dir=args.results_dir)
+    plan.started_at_unix = time.time()
+    return plan
 
 
+@record  # a failing rank's traceback reaches the launcher (torch elastic's error file)
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run one process of a planned run (see harness run).")
-    parser.add_argument("--plan", required=True, type=Path)
+    parser = argparse.ArgumentParser(description="One process of a run: `accelerate launch -m harness.train`.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--plan", type=Path, help="a plan written by the harness launcher")
+    source.add_argument("--recipe", help="a recipe name or path, for your own `accelerate launch` setup")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--results-dir")
     args = parser.parse_args(argv)
+    plan = plan_from_args(args)
+    started_at = utc_now()
     try:
-        path = execute(Plan.read(args.plan))
+        path = execute(plan)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        state = PartialState()
+        if state.is_main_process and not is_launched_worker():  # the harness launcher records its own runs
+            record_failure(plan, started_at, exception_info(error, rank=state.process_index))
+        raise
     if path:
         print(f"result: {path}")
     return 0

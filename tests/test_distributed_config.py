@@ -1,0 +1,104 @@
+"""Launch configuration written from the recipe: accelerate config, DeepSpeed JSON, launch arguments."""
+
+import json
+
+import pytest
+import yaml
+
+from harness import distributed
+from harness.distributed import accelerate_config, check_deepspeed, deepspeed_config, launch_arguments
+from harness.errors import HarnessError
+from harness.launcher import write_launch_files
+from harness.plan import make_plan
+from harness.recipe import RecipeError, load_recipe
+
+SMOKE = "minilm-banking77-cpu"
+
+
+def recipe(*overrides):
+    return load_recipe(SMOKE, list(overrides))
+
+
+def test_zero2_auto_values_come_from_the_recipe():
+    r = recipe("hardware.deepspeed=zero2", "hardware.num_processes=4", "precision.dtype=bf16",
+               "train.batch_size=16", "train.gradient_accumulation_steps=2", "train.max_grad_norm=0.5")  # fmt: skip
+    config = deepspeed_config(r)
+    assert config["train_micro_batch_size_per_gpu"] == 16
+    assert config["gradient_accumulation_steps"] == 2
+    assert config["train_batch_size"] == 16 * 2 * 4  # micro batch x accumulation x world size
+    assert config["gradient_clipping"] == 0.5
+    assert config["bf16"]["enabled"] is True and config["fp16"]["enabled"] is False
+    assert config["zero_optimization"]["stage"] == 2
+    assert config["zero_optimization"]["reduce_bucket_size"] == "auto"  # accelerate sizes it from the model
+    assert "offload_optimizer" not in config["zero_optimization"]
+
+
+def test_zero3_cpu_offload_moves_optimizer_and_parameters():
+    config = deepspeed_config(recipe("hardware.deepspeed=zero3", "hardware.offload=cpu"))
+    zero = config["zero_optimization"]
+    assert zero["stage"] == 3
+    assert zero["offload_optimizer"]["device"] == "cpu" and zero["offload_param"]["device"] == "cpu"
+    assert distributed.deepspeed_summary(config) == {"stage": 3, "offload_optimizer": "cpu", "offload_param": "cpu"}
+
+
+def test_a_users_own_json_keeps_its_explicit_values(tmp_path):
+    own = tmp_path / "mine.json"
+    own.write_text(json.dumps({"zero_optimization": {"stage": 1}, "train_micro_batch_size_per_gpu": 8,
+                               "fp16": {"enabled": False}}))  # fmt: skip
+    config = deepspeed_config(recipe(f"hardware.deepspeed={own}", "train.batch_size=32"))
+    assert config["train_micro_batch_size_per_gpu"] == 8  # the user's value, not the recipe's
+    assert config["gradient_accumulation_steps"] == 1 and config["zero_optimization"]["stage"] == 1
+
+
+def test_deepspeed_must_be_installed_and_its_config_must_exist(monkeypatch, tmp_path):
+    with pytest.raises(HarnessError, match="neither a shipped config"):
+        check_deepspeed(recipe(f"hardware.deepspeed={tmp_path / 'missing.json'}"))
+    real_find_spec = distributed.importlib.util.find_spec
+    monkeypatch.setattr(distributed.importlib.util, "find_spec",
+                        lambda name: None if name == "deepspeed" else real_find_spec(name))  # fmt: skip
+    with pytest.raises(HarnessError, match="pip install --no-build-isolation deepspeed"):
+        check_deepspeed(recipe("hardware.deepspeed=zero2"))
+    check_deepspeed(recipe())  # no DeepSpeed asked: nothing to check
+
+
+def test_accelerate_config_for_two_processes_and_for_deepspeed(tmp_path):
+    plain = accelerate_config(recipe("hardware.num_processes=2", "precision.dtype=bf16"), None)
+    assert plain["distributed_type"] == "MULTI_GPU" and plain["num_processes"] == 2
+    assert plain["mixed_precision"] == "bf16" and plain["num_machines"] == 1 and plain["use_cpu"] is False
+    ds_file = tmp_path / "ds.json"
+    ds_file.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    with_ds = accelerate_config(recipe("hardware.deepspeed=zero3", "hardware.num_processes=16",
+                                       "hardware.num_machines=2"), ds_file)  # fmt: skip
+    assert with_ds["distributed_type"] == "DEEPSPEED"
+    assert with_ds["num_processes"] == 16 and with_ds["num_machines"] == 2  # total over machines
+    assert with_ds["deepspeed_config"] == {"deepspeed_config_file": str(ds_file), "zero3_init_flag": True}
+
+
+def test_process_count_is_the_total_over_machines():
+    with pytest.raises(RecipeError, match="multiple of hardware.num_machines"):
+        recipe("hardware.num_processes=3", "hardware.num_machines=2")
+    with pytest.raises(RecipeError, match="hardware.offload: needs hardware.deepspeed"):
+        recipe("hardware.offload=cpu")
+
+
+def test_launch_arguments_pass_multi_machine_flags_through(tmp_path):
+    args = launch_arguments(tmp_path / "a.yaml", tmp_path / "plan.json", machine_rank=1,
+                            main_process_ip="10.0.0.1", main_process_port=29500)  # fmt: skip
+    assert args == ["--config_file", str(tmp_path / "a.yaml"), "--machine_rank", "1",
+                    "--main_process_ip", "10.0.0.1", "--main_process_port", "29500",
+                    "--module", "harness.train", "--plan", str(tmp_path / "plan.json")]  # fmt: skip
+    from accelerate.commands.launch import launch_command_parser
+
+    parsed = launch_command_parser().parse_args(args)  # accelerate itself accepts them
+    assert parsed.module and parsed.training_script == "harness.train" and parsed.machine_rank == 1
+
+
+def test_launch_files_are_written_into_a_new_run_folder(tmp_path):
+    r = recipe("hardware.num_processes=2", "hardware.deepspeed=zero2", f"output.checkpoints_dir={tmp_path}")
+    plan = make_plan(r, results_dir=str(tmp_path / "results"))
+    config_file, plan_file = write_launch_files(plan)
+    config = yaml.safe_load(config_file.read_text())
+    assert config["deepspeed_config"]["deepspeed_config_file"].endswith("deepspeed.json")
+    assert json.loads(plan_file.read_text())["run_id"] == plan.run_id
+    with pytest.raises(FileExistsError):  # a run folder is never reused
+        write_launch_files(plan)

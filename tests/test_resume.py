@@ -1,0 +1,58 @@
+"""A resumable run interrupted after its first epoch continues from the saved state on the next attempt, and
+ends where an uninterrupted run ends."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import train
+from harness.launcher import RunFailed, launch
+from harness.plan import make_plan
+from harness.recipe import load_recipe
+from harness.results import load_result
+
+pytestmark = pytest.mark.slow
+
+DATA = Path(__file__).parent / "data" / "banking77_10"
+OVERRIDES = [
+    "train.epochs=2", "train.batch_size=16", "data.max_train_samples=96", "data.max_eval_samples=60",
+    f"data.validation_file={DATA / 'test.csv'}", "data.test_file=null", "collector.warmup_steps=0",
+]  # fmt: skip
+
+
+def plan_in(folder: Path):
+    recipe = load_recipe("minilm-banking77-cpu", [*OVERRIDES, f"output.checkpoints_dir={folder / 'checkpoints'}"])
+    return make_plan(recipe, results_dir=str(folder / "results"))
+
+
+def test_an_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    reference = load_result(launch(plan_in(tmp_path / "reference")))
+
+    plan = plan_in(tmp_path / "resumed")
+    save_progress = train.Run.save_progress
+
+    def preempted_after_first_epoch(run, progress):
+        save_progress(run, progress)
+        raise RuntimeError("container preempted")
+
+    monkeypatch.setattr(train.Run, "save_progress", preempted_after_first_epoch)
+    with pytest.raises(RunFailed):
+        launch(plan, resume=True)
+    run_dir = Path(plan.checkpoint_dir)
+    (attempt,) = run_dir.glob("failed-attempt-*.json")  # kept beside the state, not in results/
+    assert json.loads(attempt.read_text())["error"]["message"] == "container preempted"
+    assert not Path(plan.results_dir, plan.recipe.name).exists()
+
+    monkeypatch.setattr(train.Run, "save_progress", save_progress)
+    resumed = load_result(launch(plan, resume=True))
+    steps_per_epoch = 96 // 16
+    assert resumed["status"] == "completed" and resumed["run_id"] == plan.run_id
+    assert resumed["training"]["resumed_from_step"] == steps_per_epoch
+    assert resumed["training"]["optimizer_steps"] == 2 * steps_per_epoch
+    assert len(resumed["training"]["step_log"]["samples"]) == steps_per_epoch  # only this attempt's steps timed
+    assert [e["step"] for e in resumed["training"]["evaluations"]] == [steps_per_epoch, 2 * steps_per_epoch]
+    for key in ("accuracy", "f1_macro", "loss"):  # same RNG, optimizer and scheduler state: the same model
+        assert resumed["accuracy"]["validation"][key] == pytest.approx(reference["accuracy"]["validation"][key],
+                                                                       abs=1e-6), key  # fmt: skip
+    assert launch(plan, resume=True) == Path(plan.results_dir, plan.recipe.name, f"{plan.run_id}.json")  # done
