@@ -10,4 +10,6 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 # torch first and pinned: a bare "torch" requirement can pull a multi-GB CUDA build
 .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# DeepSpeed builds no ops here (they compile at first use on GPU machines); it needs torch at install time
+DS_BUILD_OPS=0 .venv/bin/python -m pip install --quiet --no-build-isolation "deepspeed>=0.16"
 echo "ready: .venv/bin/harness"

@@ -15,7 +15,6 @@ import pytest
 from harness.cli import main
 from harness.results import find_result_files, load_result
 
-pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,6 +90,7 @@ def test_distributed_eval_equals_a_single_process_eval_of_the_checkpoint(two_pro
 
 
 def test_deepspeed_zero2_under_torchrun(tmp_path):
+    pytest.importorskip("deepspeed")
     flags = set_flags({**TWO_PROCESSES, "hardware.deepspeed": "zero2", "output.checkpoints_dir": tmp_path / "ck"})
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_port", str(free_port()), "-m", "harness.train", "--recipe", SMOKE,
