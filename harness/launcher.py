@@ -23,6 +23,7 @@ from harness.errors import HarnessError
 from harness.plan import Plan
 from harness.results import RunResult, result_path, save_result, utc_now, write_new_json
 
+MAX_MESSAGE = 4000  # characters of an error message kept in a failed result
 LAUNCHED_ENV = "HARNESS_LAUNCHED"  # set for workers started here: the launcher records their failures
 
 
@@ -56,7 +57,7 @@ def record_failure(plan: Plan, started_at: str, error: dict[str, Any]) -> Path:
 
 
 def exception_info(error: BaseException, rank: int | None) -> dict[str, Any]:
-    return {"type": type(error).__name__, "message": str(error), "rank": rank,
+    return {"type": type(error).__name__, "message": str(error)[:MAX_MESSAGE], "rank": rank,
             "traceback": traceback.format_exception(error)[-3:]}  # fmt: skip
 
 
@@ -139,7 +140,7 @@ def _launch_processes(plan: Plan, role: MachineRole) -> Path:
             "rank": rank,
             "exitcode": info.exitcode,
             "signal": info.signal_name() if info.exitcode < 0 else None,
-            "message": info.message if isinstance(info.message, str) else json.dumps(info.message),
+            "message": (info.message if isinstance(info.message, str) else json.dumps(info.message))[:MAX_MESSAGE],
             "failed_ranks": sorted(failure.failures),
         }
         path = record_failure(plan, started_at, error) if role.machine_rank == 0 else None

@@ -8,6 +8,7 @@ Only the main process writes checkpoints and results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -127,6 +128,22 @@ def memory_report(per_rank: list[dict[str, Any]]) -> MemoryReport:
         cuda_peak_reserved_bytes=most("cuda_peak_reserved_bytes"),
         per_rank=per_rank,
     )
+
+
+@contextlib.contextmanager
+def full_size_parameters(plugin: DeepSpeedPlugin | None):
+    """Under ZeRO-3, transformers builds partitioned (empty) parameters in from_pretrained; inside this
+    context it builds ordinary ones."""
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def is_better(metric: str, value: float, best: float | None) -> bool:
@@ -327,11 +344,12 @@ class Run:
         return accuracy
 
     def _load_best_weights(self) -> None:
-        """The saved best weights back into the training model, on every rank."""
+        """The saved best checkpoint, read back from disk, into the training model on every rank."""
         from transformers import AutoModelForSequenceClassification
 
         self.accelerator.wait_for_everyone()  # the main process has finished writing the checkpoint
-        state = AutoModelForSequenceClassification.from_pretrained(self.plan.best_checkpoint).state_dict()
+        with full_size_parameters(self.accelerator.state.deepspeed_plugin):
+            state = AutoModelForSequenceClassification.from_pretrained(self.plan.best_checkpoint).state_dict()
         model = self.accelerator.unwrap_model(self.model)
         if self.deepspeed_stage() == 3:  # parameters are partitioned: gather, let rank 0 load, re-partition
             import deepspeed
@@ -424,6 +442,8 @@ def execute(plan: Plan) -> Path | None:
     outcome["logs"] = gather_object([outcome["log"].to_dict()])
     memory = gather_object([{"rank": acc.process_index, **peak_memory(run.device)}])
     acc.end_training()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # an orderly exit: no rank tears the group down mid-use
     if not acc.is_main_process:
         return None
     result = run.result(outcome, accuracy, collect_environment(), memory)

@@ -89,9 +89,10 @@ def test_distributed_eval_equals_a_single_process_eval_of_the_checkpoint(two_pro
     assert single["confusion_matrix"] == reported["confusion_matrix"]
 
 
-def test_deepspeed_zero2_under_torchrun(tmp_path):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_under_torchrun(tmp_path, stage):
     pytest.importorskip("deepspeed")
-    flags = set_flags({**TWO_PROCESSES, "hardware.deepspeed": "zero2", "output.checkpoints_dir": tmp_path / "ck"})
+    flags = set_flags({**TWO_PROCESSES, "hardware.deepspeed": f"zero{stage}", "output.checkpoints_dir": tmp_path / "ck"})
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_port", str(free_port()), "-m", "harness.train", "--recipe", SMOKE,
                "--results-dir", str(tmp_path / "results"), *flags]  # fmt: skip
@@ -100,9 +101,14 @@ def test_deepspeed_zero2_under_torchrun(tmp_path):
     result = only_result(tmp_path / "results")
     assert result["status"] == "completed"
     assert result["ran"]["world_size"] == 2 and result["ran"]["distributed_type"] == "DEEPSPEED"
-    assert result["ran"]["deepspeed"] == {"stage": 2, "offload_optimizer": "none", "offload_param": "none"}
+    assert result["ran"]["deepspeed"] == {"stage": stage, "offload_optimizer": "none", "offload_param": "none"}
     assert result["accuracy"]["validation"]["num_samples"] == EVAL_ROWS
     assert sum(result["training"]["step_log"]["samples"]) == 128
+    # the saved checkpoint holds the full model (ZeRO-3 gathers its partitions when saving)
+    best = result["training"]["best"]["checkpoint"]
+    assert main(["eval", best, "--split", "validation", "--results-dir", str(tmp_path / "eval")]) == 0
+    single = only_result(tmp_path / "eval")["accuracy"]["validation"]
+    assert single["accuracy"] == pytest.approx(result["accuracy"]["validation"]["accuracy"], abs=1e-6)
 
 
 def worker_pids(marker: str) -> dict[int, int]:
