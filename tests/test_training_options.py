@@ -1,0 +1,56 @@
+"""Training options that change the loop's shape: max_steps, evaluation every N steps, gradient
+accumulation, and the tokenisation cache."""
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from harness.data import load_labelled, tokenize
+from harness.launcher import launch
+from harness.plan import make_plan
+from harness.preflight import resolve_model_source
+from harness.recipe import load_recipe
+from harness.results import load_result
+
+pytestmark = pytest.mark.slow
+
+DATA = Path(__file__).parent / "data" / "banking77_10"
+
+
+def run(tmp_path, *overrides):
+    recipe = load_recipe("minilm-banking77-cpu", [
+        "data.max_train_samples=100", "data.max_eval_samples=40", "data.test_file=null",
+        f"data.validation_file={DATA / 'test.csv'}", "collector.warmup_steps=0",
+        f"output.checkpoints_dir={tmp_path / 'ck'}", *overrides,
+    ])  # fmt: skip
+    return load_result(launch(make_plan(recipe, results_dir=str(tmp_path / "results"))))
+
+
+def test_max_steps_and_evaluation_every_n_steps(tmp_path):
+    result = run(tmp_path, "train.max_steps=5", "train.eval_strategy=steps", "train.eval_steps=2",
+                 "train.batch_size=8")  # fmt: skip
+    training = result["training"]
+    assert training["optimizer_steps"] == 5 and len(training["step_log"]["samples"]) == 5
+    assert [e["step"] for e in training["evaluations"]] == [2, 4]
+    assert sum(training["step_log"]["samples"]) == 5 * 8
+    assert training["best"]["step"] in (2, 4)
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    # 100 samples, micro-batches of 16: 7 micro-batches (the last of 4), accumulated by 3: steps of 3, 3 and 1
+    result = run(tmp_path, "train.epochs=1", "train.batch_size=16", "train.gradient_accumulation_steps=3")
+    log = result["training"]["step_log"]
+    assert result["training"]["optimizer_steps"] == 3
+    assert log["samples"] == [48, 48, 4]  # accelerate steps at the end of the data, not only every 3rd
+    assert result["ran"]["global_batch_size"] == 48
+    assert len(result["training"]["evaluations"]) == 1
+
+
+def test_tokenisation_is_cached_between_runs():
+    recipe = load_recipe("minilm-banking77-cpu")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(recipe.model.name))
+    first = tokenize(load_labelled(recipe.data, seed=1)[0], tokenizer, recipe.data)
+    second = tokenize(load_labelled(recipe.data, seed=1)[0], tokenizer, recipe.data)
+    files = [f["filename"] for f in first["train"].cache_files]
+    assert files and files == [f["filename"] for f in second["train"].cache_files]
