@@ -19,10 +19,11 @@ all devices in the run.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from harness.results import SpeedReport
 
@@ -128,14 +129,6 @@ def merge_rank_logs(logs: list[dict[str, list]]) -> StepLog:
     return merged
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolation percentile (numpy's default), q in [0, 100]."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100.0
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def _rate(amount: float, seconds: float) -> float | None:
     return amount / seconds if seconds > 0 else None
 
@@ -171,8 +164,8 @@ def speed_report(
         train_padded_tokens_per_s=_rate(sum(log.padded_tokens[skip:]), seconds),
         padding_efficiency=sum(log.real_tokens) / padded_total if padded_total else None,
         step_time_mean_s=seconds / len(durations) if durations else None,
-        step_time_p50_s=percentile(durations, 50) if durations else None,
-        step_time_p90_s=percentile(durations, 90) if durations else None,
+        step_time_p50_s=float(np.percentile(durations, 50)) if durations else None,
+        step_time_p90_s=float(np.percentile(durations, 90)) if durations else None,
         time_to_first_step_s=time_to_first_step_s,
         train_wall_s=train_wall_s,
         eval_samples_per_s=eval_samples_per_s,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from harness.collector import BatchCounts, FlopsModel, StepTimer, merge_rank_logs, percentile, speed_report
+from harness.collector import BatchCounts, FlopsModel, StepTimer, merge_rank_logs, speed_report
 from harness.hardware import math_mode, peak_flops
 from harness.modeling import count_parameters
 
@@ -110,12 +110,6 @@ def test_ranks_merge_into_global_numbers():
     merged = merge_rank_logs([rank0, rank1])
     assert merged.durations_s == [1.5, 2.0]  # the slowest rank sets the step time
     assert merged.samples == [8, 7] and merged.real_tokens == [19, 19] and merged.flops == [3.0, 3.0]
-
-
-def test_percentile_matches_numpy():
-    values = list(np.random.default_rng(0).exponential(size=37))
-    for q in (0, 10, 50, 90, 100):
-        assert percentile(values, q) == pytest.approx(np.percentile(values, q))
 
 
 def test_peak_flops_table():
