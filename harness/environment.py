@@ -40,8 +40,14 @@ def _run(command: list[str], cwd: Path | None = None) -> str | None:
     return out.stdout.strip()
 
 
+GIT_ENV = ("HARNESS_GIT_COMMIT", "HARNESS_GIT_DIRTY")  # set where the code runs without its .git (Modal)
+
+
 def git_state() -> dict[str, Any]:
+    """The checkout's commit and whether tracked files differ from it; from GIT_ENV where there is no .git."""
     commit = _run(["git", "rev-parse", "HEAD"], REPO_ROOT) if shutil.which("git") else None
+    if commit is None and os.environ.get(GIT_ENV[0]):
+        return {"commit": os.environ[GIT_ENV[0]], "dirty": os.environ.get(GIT_ENV[1]) == "1"}
     status = _run(["git", "status", "--porcelain", "--untracked-files=no"], REPO_ROOT) if commit else None
     return {"commit": commit, "dirty": bool(status) if commit else None}
 

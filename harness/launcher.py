@@ -28,7 +28,19 @@ LAUNCHED_ENV = "HARNESS_LAUNCHED"  # set for workers started here: the launcher 
 
 
 class RunFailed(RuntimeError):
-    """A run started but did not complete; its failed result file has been written."""
+    """A run started but did not complete; its failed result is at `path` (the run folder for a resumable
+    run's attempt, else results/; None on machines other than rank 0)."""
+
+    def __init__(self, message: str, path: Path | None):
+        super().__init__(message)
+        self.path = path
+
+
+class RunInterrupted(RuntimeError):
+    """A resumable run's processes were stopped from outside (preemption): try again, it resumes."""
+
+
+INTERRUPTING_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")  # SIGKILL stays a failure: it is also how OOM kills
 
 
 @dataclass
@@ -98,7 +110,7 @@ def _run_in_process(plan: Plan) -> Path:
         raise
     except Exception as error:
         path = record_failure(plan, started_at, exception_info(error, rank=0))
-        raise RunFailed(f"run {plan.run_id} failed ({type(error).__name__}: {error}); result: {path}") from error
+        raise RunFailed(f"run {plan.run_id} failed ({type(error).__name__}: {error}); result: {path}", path) from error
     assert path is not None  # a single process is the main process
     return path
 
@@ -143,8 +155,11 @@ def _launch_processes(plan: Plan, role: MachineRole) -> Path:
             "message": (info.message if isinstance(info.message, str) else json.dumps(info.message))[:MAX_MESSAGE],
             "failed_ranks": sorted(failure.failures),
         }
+        if plan.resumable and error["signal"] in INTERRUPTING_SIGNALS:
+            raise RunInterrupted(f"run {plan.run_id}: rank {rank} stopped by {error['signal']}") from None
         path = record_failure(plan, started_at, error) if role.machine_rank == 0 else None
-        raise RunFailed(f"run {plan.run_id}: rank {rank} failed (exit code {info.exitcode}); result: {path}") from None
+        message = f"run {plan.run_id}: rank {rank} failed (exit code {info.exitcode}); result: {path}"
+        raise RunFailed(message, path) from None
     return result_path(Path(plan.results_dir), plan.recipe.name, plan.run_id)
 
 

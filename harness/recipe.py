@@ -166,6 +166,7 @@ class HardwareSpec:
     offload: Literal["none", "cpu"] = "none"  # ZeRO offload of optimizer state (and parameters with zero3)
     collective_timeout_s: int = 600  # a rank that stops answering fails the run after this long
     gpu: str | None = None  # Modal GPU spec, for example "A100-80GB:4"
+    timeout_hours: float | None = None  # Modal: the limit of one attempt (a restart resumes); default 6
 
     def check(self) -> None:
         if self.num_processes < 1 or self.num_machines < 1:
@@ -177,6 +178,8 @@ class HardwareSpec:
             )
         if self.offload != "none" and not self.deepspeed:
             raise RecipeError("hardware.offload: needs hardware.deepspeed (zero2 or zero3)")
+        if self.timeout_hours is not None and not 0 < self.timeout_hours <= 24:
+            raise RecipeError("hardware.timeout_hours: must be more than 0 and at most 24 (Modal's limit per attempt)")
         if self.collective_timeout_s < 10:
             raise RecipeError("hardware.collective_timeout_s: must be at least 10 seconds")
 

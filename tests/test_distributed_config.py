@@ -1,6 +1,7 @@
 """Launch configuration written from the recipe: accelerate config, DeepSpeed JSON, launch arguments."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -102,3 +103,37 @@ def test_launch_files_are_written_into_a_new_run_folder(tmp_path):
     assert json.loads(plan_file.read_text())["run_id"] == plan.run_id
     with pytest.raises(FileExistsError):  # a run folder is never reused
         write_launch_files(plan)
+
+
+@pytest.mark.parametrize(("exitcode", "resumable", "outcome"), [
+    (-15, True, "interrupted"),  # SIGTERM to a resumable run: preemption, try again
+    (-15, False, "failed"),
+    (-9, True, "failed"),  # SIGKILL is also the OOM killer's signal: a failure
+    (1, True, "failed"),
+])  # fmt: skip
+def test_a_failed_launch_is_recorded_or_retried(tmp_path, monkeypatch, exitcode, resumable, outcome):
+    from accelerate.commands import launch as accelerate_launch
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from harness import launcher
+
+    def failing_launch(args):
+        failure = ProcessFailure(local_rank=1, pid=4242, exitcode=exitcode, error_file=str(tmp_path / "none"))
+        raise ChildFailedError("harness.train", {1: failure})
+
+    monkeypatch.setattr(accelerate_launch, "launch_command", failing_launch)
+    plan = make_plan(recipe("hardware.num_processes=2", f"output.checkpoints_dir={tmp_path / 'ck'}"),
+                     results_dir=str(tmp_path / "results"))  # fmt: skip
+    plan.resumable = resumable
+    if outcome == "interrupted":
+        with pytest.raises(launcher.RunInterrupted):
+            launcher._launch_processes(plan, launcher.MachineRole())
+        assert not (tmp_path / "results").exists() and not list(Path(plan.checkpoint_dir).glob("failed-*"))
+        return
+    with pytest.raises(launcher.RunFailed) as raised:
+        launcher._launch_processes(plan, launcher.MachineRole())
+    document = json.loads(raised.value.path.read_text())
+    assert document["status"] == "failed" and document["error"]["rank"] == 1
+    assert document["error"]["exitcode"] == exitcode
+    in_results = raised.value.path.is_relative_to(tmp_path / "results")
+    assert in_results == (not resumable)  # a resumable run's attempts stay in its run folder
