@@ -70,12 +70,23 @@ def deepspeed_summary(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def fsdp_options(recipe: Recipe) -> dict[str, Any]:
+    """accelerate's FullyShardedDataParallelPlugin arguments for the recipe (FSDP2, one unit per layer)."""
+    return {
+        "fsdp_version": 2,
+        "reshard_after_forward": recipe.hardware.fsdp == "full_shard",  # False: shard grads and optimizer only
+        "auto_wrap_policy": "transformer_based_wrap",
+        "state_dict_type": "FULL_STATE_DICT",  # checkpoints load anywhere with from_pretrained
+        "cpu_offload": recipe.hardware.offload == "cpu",
+    }
+
+
 def accelerate_config(recipe: Recipe, deepspeed_file: Path | None) -> dict[str, Any]:
     """An accelerate config file's content (the YAML `accelerate config` would write) for this recipe."""
     hardware = recipe.hardware
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
-        "distributed_type": "DEEPSPEED" if deepspeed_file else ("MULTI_GPU" if hardware.num_processes > 1 else "NO"),
+        "distributed_type": distributed_type(recipe, deepspeed_file),
         "mixed_precision": {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[recipe.precision.dtype],
         "num_processes": hardware.num_processes,  # total over all machines
         "num_machines": hardware.num_machines,
@@ -87,7 +98,24 @@ def accelerate_config(recipe: Recipe, deepspeed_file: Path | None) -> dict[str, 
     if deepspeed_file:
         stage = json.loads(deepspeed_file.read_text()).get("zero_optimization", {}).get("stage")
         config["deepspeed_config"] = {"deepspeed_config_file": str(deepspeed_file), "zero3_init_flag": stage == 3}
+    if hardware.fsdp:
+        options = fsdp_options(recipe)
+        config["fsdp_config"] = {
+            "fsdp_version": options["fsdp_version"],
+            "fsdp_reshard_after_forward": options["reshard_after_forward"],
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "fsdp_state_dict_type": options["state_dict_type"],
+            "fsdp_offload_params": options["cpu_offload"],
+        }
     return config
+
+
+def distributed_type(recipe: Recipe, deepspeed_file: Path | None) -> str:
+    if deepspeed_file:
+        return "DEEPSPEED"
+    if recipe.hardware.fsdp:
+        return "FSDP"
+    return "MULTI_GPU" if recipe.hardware.num_processes > 1 else "NO"
 
 
 def launch_arguments(

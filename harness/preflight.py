@@ -119,6 +119,10 @@ def preflight(recipe: Recipe) -> Decisions:
     check_deepspeed(recipe)
     resolve_model_source(recipe.model.name)
     device = resolve_device(recipe.hardware.device)
+    if recipe.hardware.fsdp and device != "cuda":
+        raise PreflightError(
+            "hardware.fsdp: accelerate runs FSDP on GPUs only; on CPU use hardware.deepspeed: zero3 (or zero2)"
+        )
     check_precision(recipe.precision.dtype, device)
     attn, fallbacks = choose_attention(recipe, device)
     return Decisions(device=device, attn_implementation=attn, fallbacks=fallbacks)

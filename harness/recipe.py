@@ -163,6 +163,7 @@ class HardwareSpec:
     num_processes: int = 1  # total over all machines, as accelerate counts it
     num_machines: int = 1
     deepspeed: str | None = None  # "zero2", "zero3", or a path to your own DeepSpeed JSON
+    fsdp: Literal["full_shard", "shard_grad_op"] | None = None  # PyTorch FSDP2, through accelerate
     offload: Literal["none", "cpu"] = "none"  # ZeRO offload of optimizer state (and parameters with zero3)
     collective_timeout_s: int = 600  # a rank that stops answering fails the run after this long
     gpu: str | None = None  # Modal GPU spec, for example "A100-80GB:4"
@@ -176,8 +177,10 @@ class HardwareSpec:
                 "hardware.num_processes: is the total over all machines (as accelerate counts it) and must be "
                 f"a multiple of hardware.num_machines ({self.num_machines})"
             )
-        if self.offload != "none" and not self.deepspeed:
-            raise RecipeError("hardware.offload: needs hardware.deepspeed (zero2 or zero3)")
+        if self.deepspeed and self.fsdp:
+            raise RecipeError("hardware.fsdp: choose DeepSpeed or FSDP, not both; set one of them to null")
+        if self.offload != "none" and not (self.deepspeed or self.fsdp):
+            raise RecipeError("hardware.offload: needs hardware.deepspeed (zero2 or zero3) or hardware.fsdp")
         if self.timeout_hours is not None and not 0 < self.timeout_hours <= 24:
             raise RecipeError("hardware.timeout_hours: must be more than 0 and at most 24 (Modal's limit per attempt)")
         if self.collective_timeout_s < 10:
@@ -185,8 +188,8 @@ class HardwareSpec:
 
     @property
     def launched(self) -> bool:
-        """True when the run needs `accelerate launch` (several processes, or DeepSpeed)."""
-        return self.num_processes > 1 or self.deepspeed is not None
+        """True when the run needs `accelerate launch` (several processes, DeepSpeed or FSDP)."""
+        return self.num_processes > 1 or self.deepspeed is not None or self.fsdp is not None
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 
 import datasets
 import torch
-from accelerate import Accelerator, DeepSpeedPlugin, PartialState
+from accelerate import Accelerator, DeepSpeedPlugin, FullyShardedDataParallelPlugin, PartialState
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list, gather_object, set_seed
 from torch.distributed.elastic.multiprocessing.errors import record
 from tqdm.auto import tqdm
@@ -32,7 +32,7 @@ from transformers import get_scheduler
 
 from harness.collector import BatchCounts, FlopsModel, StepTimer, cuda_timer, merge_rank_logs, speed_report
 from harness.data import eval_loader, load_labelled, tokenize, train_loader
-from harness.distributed import deepspeed_config, deepspeed_summary
+from harness.distributed import deepspeed_config, deepspeed_summary, fsdp_options
 from harness.environment import collect_environment
 from harness.errors import HarnessError
 from harness.evaluation import evaluate, synchronize
@@ -52,7 +52,9 @@ def make_accelerator(recipe: Recipe, decisions: Decisions) -> Accelerator:
     """Everything from the recipe, DeepSpeed included, so that `accelerate launch`, torchrun and the harness
     launcher all run the same configuration; the process group comes from the launcher's environment."""
     torch.set_float32_matmul_precision("high" if recipe.precision.tf32 else "highest")
-    plugin, backend = None, None
+    plugin, backend, fsdp = None, None, None
+    if recipe.hardware.fsdp:
+        fsdp = FullyShardedDataParallelPlugin(**fsdp_options(recipe))
     if recipe.hardware.deepspeed:
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(recipe))
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # as accelerate launch sets it: DeepSpeed owns the group
@@ -68,9 +70,12 @@ def make_accelerator(recipe: Recipe, decisions: Decisions) -> Accelerator:
         log_with=recipe.train.report_to or None,
         kwargs_handlers=[group],
         deepspeed_plugin=plugin,
+        fsdp_plugin=fsdp,
     )
-    if plugin is not None and accelerator.distributed_type != DistributedType.DEEPSPEED:
-        raise HarnessError(f"hardware.deepspeed: asked for, but accelerate set up {accelerator.distributed_type}")
+    asked = {"deepspeed": (plugin, DistributedType.DEEPSPEED), "fsdp": (fsdp, DistributedType.FSDP)}
+    for key, (requested, expected) in asked.items():
+        if requested is not None and accelerator.distributed_type != expected:  # never fall back silently
+            raise HarnessError(f"hardware.{key}: asked for, but accelerate set up {accelerator.distributed_type}")
     if accelerator.num_processes != recipe.hardware.num_processes:
         raise HarnessError(
             f"hardware.num_processes: the recipe asks for {recipe.hardware.num_processes} process(es) but "
@@ -351,7 +356,11 @@ class Run:
         with full_size_parameters(self.accelerator.state.deepspeed_plugin):
             state = AutoModelForSequenceClassification.from_pretrained(self.plan.best_checkpoint).state_dict()
         model = self.accelerator.unwrap_model(self.model)
-        if self.deepspeed_stage() == 3:  # parameters are partitioned: gather, let rank 0 load, re-partition
+        if self.recipe.hardware.fsdp:  # sharded (DTensor) parameters: each rank takes its shard of the full state
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+        elif self.deepspeed_stage() == 3:  # parameters are partitioned: gather, let rank 0 load, re-partition
             import deepspeed
 
             with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
@@ -392,6 +401,7 @@ class Run:
             "global_batch_size": train.batch_size * train.gradient_accumulation_steps * acc.num_processes,
             "precision": self.recipe.precision.dtype,
             "deepspeed": deepspeed_summary(self.deepspeed_config()) if self.deepspeed_config() else None,
+            "fsdp": fsdp_options(self.recipe) if self.recipe.hardware.fsdp else None,
             "fallbacks": self.decisions.fallbacks,
             **self.model_description,
         }

@@ -137,3 +137,26 @@ def test_a_failed_launch_is_recorded_or_retried(tmp_path, monkeypatch, exitcode,
     assert document["error"]["exitcode"] == exitcode
     in_results = raised.value.path.is_relative_to(tmp_path / "results")
     assert in_results == (not resumable)  # a resumable run's attempts stay in its run folder
+
+
+def test_fsdp_options_and_accelerate_config():
+    full = recipe("hardware.fsdp=full_shard", "hardware.num_processes=4", "hardware.offload=cpu")
+    assert distributed.fsdp_options(full) == {
+        "fsdp_version": 2, "reshard_after_forward": True, "auto_wrap_policy": "transformer_based_wrap",
+        "state_dict_type": "FULL_STATE_DICT", "cpu_offload": True,
+    }  # fmt: skip
+    config = accelerate_config(full, None)
+    assert config["distributed_type"] == "FSDP"
+    assert config["fsdp_config"]["fsdp_reshard_after_forward"] is True
+    assert config["fsdp_config"]["fsdp_offload_params"] is True
+    grads_only = distributed.fsdp_options(recipe("hardware.fsdp=shard_grad_op"))
+    assert grads_only["reshard_after_forward"] is False and grads_only["cpu_offload"] is False
+    with pytest.raises(RecipeError, match="choose DeepSpeed or FSDP"):
+        recipe("hardware.fsdp=full_shard", "hardware.deepspeed=zero2")
+
+
+def test_fsdp_on_cpu_fails_before_launch():
+    from harness.preflight import PreflightError, preflight
+
+    with pytest.raises(PreflightError, match="FSDP on GPUs only"):
+        preflight(recipe("hardware.fsdp=full_shard", "hardware.num_processes=2"))
