@@ -243,7 +243,7 @@ def prefetch_model(spec: ModelSpec) -> None:
     """Download the model into the Hugging Face cache in this one process, before the ranks start and each asks
     the Hub for it. (The launcher loads the data set once itself, before launching.) Each node of a cluster
     fetches into its own view of the volume: the same files, so their commits agree."""
-    if spec.name.startswith("package:") or Path(spec.name).is_dir():
+    if spec.name.startswith(("package:", "config:")) or Path(spec.name).is_dir():
         return
     from huggingface_hub import HfApi, snapshot_download
 

@@ -5,36 +5,48 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from harness.collector import FlopsModel
 from harness.data import LabelInfo
+from harness.preflight import resolve_model_source
 from harness.recipe import ModelSpec
 
 
-def load_tokenizer(spec: ModelSpec, source: str):
-    return AutoTokenizer.from_pretrained(
-        source, revision=spec.revision, trust_remote_code=spec.trust_remote_code
-    )
+def load_tokenizer(spec: ModelSpec):
+    source = resolve_model_source(spec.tokenizer or spec.name)
+    return AutoTokenizer.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
 
 
-def load_model(spec: ModelSpec, source: str, labels: LabelInfo, attn_implementation: str) -> PreTrainedModel:
-    """A sequence classifier with the label names in its config; random weights if spec.random_init."""
-    config = AutoConfig.from_pretrained(
-        source,
+def load_config(spec: ModelSpec, labels: LabelInfo) -> PretrainedConfig:
+    """The model's config with the label names; "config:<type>" is that architecture's default (base) shape."""
+    label_fields = {"num_labels": len(labels.names), "id2label": labels.id2label, "label2id": labels.label2id}
+    if spec.name.startswith("config:"):
+        return AutoConfig.for_model(spec.name.removeprefix("config:"), **label_fields, **spec.config_overrides)
+    return AutoConfig.from_pretrained(
+        resolve_model_source(spec.name),
         revision=spec.revision,
         trust_remote_code=spec.trust_remote_code,
-        num_labels=len(labels.names),
-        id2label=labels.id2label,
-        label2id=labels.label2id,
+        **label_fields,
         **spec.config_overrides,
     )
+
+
+def load_model(spec: ModelSpec, labels: LabelInfo, attn_implementation: str) -> PreTrainedModel:
+    """A sequence classifier with the label names in its config; random weights if spec.random_init."""
+    config = load_config(spec, labels)
     if spec.random_init:
         return AutoModelForSequenceClassification.from_config(
             config, attn_implementation=attn_implementation, trust_remote_code=spec.trust_remote_code
         )
     return AutoModelForSequenceClassification.from_pretrained(
-        source,
+        resolve_model_source(spec.name),
         config=config,
         revision=spec.revision,
         trust_remote_code=spec.trust_remote_code,

