@@ -73,15 +73,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.compare import DEFAULT_METRICS, compare
+    from harness.compare import DEFAULT_METRICS, RENDERERS, compare_table, plot_table
 
     metrics = args.metrics.split(",") if args.metrics else DEFAULT_METRICS
     try:
-        table = compare(args.paths, metrics=metrics, fmt=args.format, split=args.split,
-                        baseline=args.baseline, ratio_of=args.ratio_of)  # fmt: skip
+        table = compare_table(args.paths, metrics, split=args.split, baseline=args.baseline, ratio_of=args.ratio_of)
     except ValueError as error:  # unknown metric or baseline; the message lists the valid ones
         raise HarnessError(str(error)) from None
-    print(table, end="" if table.endswith("\n") else "\n")
+    text = RENDERERS[args.format](table)
+    print(text, end="" if text.endswith("\n") else "\n")
+    if args.plot:
+        print(f"plot: {plot_table(table, args.plot)}")
     return 0
 
 
@@ -134,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--split", default="auto", help="accuracy split: test, validation or auto (test if present)")
     comp.add_argument("--baseline", help="run id, unique prefix or row number to compute ratios against")
     comp.add_argument("--ratio-of", default="train_samples_per_s", help="metric of the ratio column")
+    comp.add_argument("--plot", type=Path, help="also draw the metrics as bar charts into this image (matplotlib)")
     comp.set_defaults(func=cmd_compare)
 
     pred = sub.add_parser("predict", help="write top-k predictions of a saved checkpoint for a file")

@@ -18,6 +18,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from harness.results import find_result_files, load_result
@@ -306,18 +307,48 @@ RENDERERS: dict[str, Callable[[Table], str]] = {
 }
 
 
-def compare(
+def plot_table(table: Table, path: Path) -> Path:
+    """One horizontal bar chart per metric column (± standard error where known) as an image; matplotlib
+    is imported only here, and an existing file is never replaced."""
+    if path.exists():
+        raise FileExistsError(f"{path} exists; choose another name for the plot")
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    names = [column for column in table.columns if column in METRICS]
+    labels = [f"{row['recipe']}\n{row['setup']} ({str(row['run'])[-6:]})" for row in table.rows]
+    figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 2, 0.6 * len(labels) + 1.2),
+                                sharey=True, squeeze=False)  # fmt: skip
+    for axis, name in zip(axes[0], names):
+        values = [row.get(name) if row.get(name) is not None else float("nan") for row in table.rows]
+        errors = [row.get(f"{name}_stderr") or 0.0 for row in table.rows]
+        axis.barh(range(len(labels)), values, xerr=errors if any(errors) else None, ecolor="black", capsize=3)
+        axis.set_title(_header(name), fontsize=9)
+    axes[0][0].set_yticks(range(len(labels)), labels, fontsize=8)
+    axes[0][0].invert_yaxis()  # the first run on top, as in the table (the y axis is shared)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def compare_table(
     paths: list[str],
     metrics: list[str] | None = None,
-    fmt: str = "markdown",
     split: str = "auto",
     baseline: str | None = None,
     ratio_of: str = "train_samples_per_s",
-) -> str:
-    """Load the result files named by paths (files or folders) and render their comparison table."""
+) -> Table:
+    """The comparison table of the result files named by paths (files or folders)."""
+    results = [load_result(path) for path in find_result_files(paths)]
+    return build_table(results, metrics or DEFAULT_METRICS, split, baseline, ratio_of)
+
+
+def compare(paths: list[str], metrics: list[str] | None = None, fmt: str = "markdown", **options: Any) -> str:
+    """Load the result files named by paths and render their comparison table."""
     if fmt not in RENDERERS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(RENDERERS)}")
-    results = [load_result(path) for path in find_result_files(paths)]
-    table = build_table(results, metrics or DEFAULT_METRICS, split, baseline, ratio_of)
-    return RENDERERS[fmt](table)
+    return RENDERERS[fmt](compare_table(paths, metrics, **options))
 

@@ -188,7 +188,7 @@ def test_unknown_baseline_lists_runs(tmp_path):
 
 
 def test_import_pulls_in_no_heavy_libraries():
-    code = "import sys, harness.compare; print(sorted({'torch', 'pandas', 'numpy'} & set(sys.modules)))"
+    code = "import sys, harness.compare; print(sorted({'torch', 'pandas', 'numpy', 'matplotlib'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -202,3 +202,19 @@ def test_cli(tmp_path):
     assert done.stdout.splitlines()[0] == "run,recipe,status,setup,mfu"
     bad = subprocess.run([*command[:-1], "mfuu"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "did you mean 'mfu'" in bad.stderr
+
+
+def test_plot_draws_one_panel_per_metric_and_never_replaces_a_file(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    from harness.compare import plot_table
+
+    results = write(tmp_path, make_result("run-a"), make_result("run-b", samples_per_s=300.0))
+    table = build_table(results, ["train_samples_per_s", "f1_macro", "mfu"])
+    path = plot_table(table, tmp_path / "speed.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width = imread(path).shape[:2]
+    assert width == round((3.2 * 3 + 2) * 120) and height == round((0.6 * 2 + 1.2) * 120)  # 3 panels, 2 runs
+    with pytest.raises(FileExistsError):
+        plot_table(table, path)
