@@ -73,13 +73,12 @@ def exception_info(error: BaseException, rank: int | None) -> dict[str, Any]:
             "traceback": traceback.format_exception(error)[-3:]}  # fmt: skip
 
 
-def validate_before_launch(plan: Plan) -> None:
-    """Bad input fails here, once, before any process starts: stack checks, then the data itself
-    (which also fills the datasets cache so N ranks do not download it N times)."""
+def validate_data_once(plan: Plan) -> None:
+    """Before N processes start: bad data fails here, once, and the datasets cache is filled so that
+    the ranks do not download the data set N times. (An in-process run checks its data itself, before
+    it loads the model.)"""
     from harness.data import load_labelled
-    from harness.preflight import preflight
 
-    preflight(plan.recipe)
     load_labelled(plan.recipe.data, plan.recipe.train.seed)
 
 
@@ -94,8 +93,11 @@ def launch(plan: Plan, role: MachineRole | None = None, resume: bool = False) ->
     done = result_path(Path(plan.results_dir), plan.recipe.name, plan.run_id)
     if plan.resumable and done.is_file():
         return done
-    validate_before_launch(plan)
+    from harness.preflight import preflight
+
+    preflight(plan.recipe)  # stack checks, before anything loads or starts
     if plan.recipe.hardware.launched:
+        validate_data_once(plan)
         return _launch_processes(plan, role or MachineRole())
     return _run_in_process(plan)
 

@@ -191,9 +191,9 @@ class Run:
         self.accelerator = make_accelerator(self.recipe, self.decisions)
         share_run_identity(plan)
         set_seed(self.recipe.train.seed)
-        self.tokenizer = load_tokenizer(self.recipe.model)
         with self.accelerator.main_process_first():  # rank 0 fills the datasets cache, the others read it
-            labelled, self.labels = load_labelled(self.recipe.data, self.recipe.train.seed)
+            labelled, self.labels = load_labelled(self.recipe.data, self.recipe.train.seed)  # bad data fails here
+            self.tokenizer = load_tokenizer(self.recipe.model)
             self.data = tokenize(labelled, self.tokenizer, self.recipe.data)
         model = load_model(self.recipe.model, self.labels, self.decisions.attn_implementation)
         self.flops: FlopsModel = flops_model(model)
