@@ -13,7 +13,9 @@ from accelerate import Accelerator
 from datasets import DatasetDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from harness.data import DataError, encode_labels, eval_loader, load_files, load_labelled, source_of, tokenize
+from harness.data import (
+    DataError, check_texts, encode_labels, eval_loader, load_files, load_labelled, source_of, tokenize,
+)  # fmt: skip
 from harness.environment import collect_environment
 from harness.evaluation import Evaluation, evaluate
 from harness.metrics import top_k_predictions
@@ -23,17 +25,35 @@ from harness.results import RunResult, new_run_id, save_result, utc_now
 from harness.train import CHECKPOINT_INFO
 
 
-def load_checkpoint(path: str | Path):
-    """Model, tokenizer and the run's info (labels, recipe) from a folder a run saved."""
+def checkpoint_info(path: str | Path) -> dict[str, Any]:
+    """The run's info (labels, recipe, run id) of a saved checkpoint, read without loading its weights."""
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise DataError(f"{folder}: not a saved checkpoint (no config.json); pass the run's …/best folder")
     info_file = folder / CHECKPOINT_INFO
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    model = AutoModelForSequenceClassification.from_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    info.setdefault("labels", [model.config.id2label[i] for i in range(model.config.num_labels)])
-    return model, tokenizer, info
+    if "labels" not in info:
+        id2label = json.loads((folder / "config.json").read_text())["id2label"]
+        info["labels"] = [id2label[str(i)] for i in range(len(id2label))]
+    return info
+
+
+def load_checkpoint(path: str | Path):
+    """Model and tokenizer of a saved checkpoint: loaded only once the input has been checked."""
+    return AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+def read_file(file: str, text_column: str, label_column: str | None = None) -> DatasetDict:
+    """A CSV / JSON lines / Parquet file as one split, its columns and texts checked, text in "text"."""
+    if not Path(file).is_file():
+        raise DataError(f"{file}: no such file")
+    data = load_files({"file": file}, source_of(file))
+    columns = data["file"].column_names
+    for column, flag in ((text_column, "--text-column"), (label_column, "the recipe's data.label_column")):
+        if column and column not in columns:
+            raise DataError(f"{file}: no column '{column}' (columns: {', '.join(columns)}); check {flag}")
+    check_texts(data, text_column)
+    return data.rename_column(text_column, "text") if text_column != "text" else data
 
 
 def _run_eval(model, tokenizer, data: DatasetDict, spec: DataSpec, batch_size: int) -> dict[str, Evaluation]:
@@ -50,22 +70,19 @@ def _run_eval(model, tokenizer, data: DatasetDict, spec: DataSpec, batch_size: i
 
 def predict(checkpoint: str, file: str, *, top_k: int, output: str | None, text_column: str, batch_size: int) -> Path:
     """A CSV with the input text and the top-k labels and probabilities per row, in input order."""
-    model, tokenizer, info = load_checkpoint(checkpoint)
-    if not Path(file).is_file():
-        raise DataError(f"{file}: no such file")
-    data = load_files({"predict": file}, source_of(file))
-    if text_column not in data["predict"].column_names:
-        raise DataError(f"{file}: no column '{text_column}' (columns: {', '.join(data['predict'].column_names)}); "
-                        "pass --text-column")  # fmt: skip
-    data = data.rename_column(text_column, "text") if text_column != "text" else data
-    texts = data["predict"]["text"]
-    data = data.map(lambda _, i: {"row": i}, with_indices=True)
-    spec = DataSpec(source="csv", train_file=file, max_length=tokenizer.model_max_length)
-    if "recipe" in info:
-        spec.max_length = info["recipe"]["data"]["max_length"]
-    evaluation = _run_eval(model, tokenizer, data.select_columns(["text", "row"]), spec, batch_size)["predict"]
-    probs = evaluation.probs[np.argsort(evaluation.rows)]  # back to input order
+    info = checkpoint_info(checkpoint)
     out = Path(output or f"{file}.predictions.csv")
+    if out.exists():
+        raise FileExistsError(f"{out} exists; predictions never replace a file: pass another --output")
+    data = read_file(file, text_column)
+    texts = data["file"]["text"]
+    data = data.map(lambda _, i: {"row": i}, with_indices=True)
+    model, tokenizer = load_checkpoint(checkpoint)
+    # the run's max_length, else the longest the model takes
+    limit = info.get("recipe", {}).get("data", {}).get("max_length")
+    spec = DataSpec(source="csv", train_file=file, max_length=limit or model.config.max_position_embeddings)
+    evaluation = _run_eval(model, tokenizer, data.select_columns(["text", "row"]), spec, batch_size)["file"]
+    probs = evaluation.probs[np.argsort(evaluation.rows)]  # back to input order
     k = min(top_k, probs.shape[1])
     with out.open("x", newline="") as handle:  # "x": never overwrite an earlier predictions file
         writer = csv.writer(handle)
@@ -79,18 +96,15 @@ def evaluate_checkpoint(checkpoint: str, *, split: str | None, file: str | None,
                         batch_size: int) -> Path:  # fmt: skip
     """Accuracy metrics of a checkpoint on a split of its recipe's data, or on a labelled file."""
     started_at, start = utc_now(), time.time()
-    model, tokenizer, info = load_checkpoint(checkpoint)
+    info = checkpoint_info(checkpoint)
     if "recipe" not in info and not file:
         raise DataError(f"{checkpoint}: no {CHECKPOINT_INFO} with the recipe; evaluate a file with --file")
     recipe = recipe_from_dict(info["recipe"]) if "recipe" in info else None
     names = info["labels"]
     if file:
-        if not Path(file).is_file():
-            raise DataError(f"{file}: no such file")
         spec = recipe.data if recipe else DataSpec(source="csv", train_file=file)
-        data = load_files({"eval": file}, source_of(file))
-        data = data.rename_column(spec.text_column, "text") if spec.text_column != "text" else data
-        data = encode_labels(data, spec.label_column, names)
+        data = read_file(file, spec.text_column, spec.label_column)
+        data = DatasetDict({"eval": encode_labels(data, spec.label_column, names)["file"]})
         split_name = "eval"
     else:
         split_name = split or "test"
@@ -102,6 +116,7 @@ def evaluate_checkpoint(checkpoint: str, *, split: str | None, file: str | None,
             raise DataError(f"split '{split_name}' is not in the recipe's data (it has: {', '.join(data)})")
         data = DatasetDict({split_name: data[split_name]})
     data = data.select_columns(["text", "labels"])
+    model, tokenizer = load_checkpoint(checkpoint)
     description = describe_model(model)
     evaluation = _run_eval(model, tokenizer, data, spec, batch_size)[split_name]
     recipe_dict: dict[str, Any] = info.get("recipe", {})
