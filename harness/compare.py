@@ -1,10 +1,15 @@
-"""Comparison tables over result files: one row per run, one column per metric.
+"""Comparison tables over result files: one row per run (or per group of repeated runs), one column per metric.
 
 ``build_table`` turns loaded result documents into a ``Table`` of raw values; ``render_markdown``,
 ``render_csv`` and ``render_json`` print it; ``compare`` does both from paths (files or folders).
-Optional columns: ``<metric> vs baseline`` (ratio to a chosen run) and ``scaling_eff`` (throughput
-over N x the 1-process throughput, for runs whose configuration differs only in process count).
-This module is stdlib only (no torch, pandas or numpy), so it answers instantly.
+Runs launched together by ``harness run --repeats N`` share a row: the mean over their seeds ± the standard
+deviation, with ``n`` runs. ``differs`` names the recipe settings that tell the rows apart.
+With a baseline row, every metric gets its change against it and a verdict: Welch's t over seeds for rows
+of several runs, or, for two single runs' accuracy and macro-F1, a paired test on their predictions of the
+same rows; plus ``<metric> vs baseline`` (a ratio). ``scaling_eff`` is the throughput over N x the 1-process
+throughput, for rows at the same global batch whose configuration differs only in process count.
+This module loads numpy only (no torch, pandas, scipy or scikit-learn), so it answers instantly; scipy
+is imported for verdicts, matplotlib for plots.
 
     harness compare results/ --baseline 0 --metrics train_samples_per_s,f1_macro
 """
@@ -17,13 +22,18 @@ import io
 import json
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from harness import stats
 from harness.results import find_result_files, load_result
 
 Getter = Callable[[dict[str, Any], str], Any]  # (result document, accuracy split) -> value or None
+PairedTest = Callable[[np.ndarray, np.ndarray, np.ndarray], stats.Comparison]  # (labels, preds a, preds b)
 
 
 def _dig(document: Any, *keys: str) -> Any:
@@ -58,6 +68,7 @@ class Metric:
     direction: str  # "↑" higher is better, "↓" lower is better
     fmt: Callable[[float], str]
     stderr: Getter | None = None
+    paired: PairedTest | None = None  # tests two single runs on their predictions of the same rows
 
 
 def _speed(key: str, direction: str, fmt: Callable[[float], str]) -> Metric:
@@ -72,15 +83,16 @@ def _gib(key: str) -> Metric:
     return Metric(get, "↓", _significant)
 
 
-def _accuracy(key: str, with_stderr: bool = False) -> Metric:
+def _accuracy(key: str, with_stderr: bool = False, paired: PairedTest | None = None) -> Metric:
     def getter(name: str) -> Getter:
         return lambda result, split: _dig(result, "accuracy", split, name)
 
-    return Metric(getter(key), "↑", _fraction, getter(f"{key}_stderr") if with_stderr else None)
+    return Metric(getter(key), "↑", _fraction, getter(f"{key}_stderr") if with_stderr else None, paired)
 
 
 METRICS: dict[str, Metric] = {
     "train_samples_per_s": _speed("train_samples_per_s", "↑", _rate),
+    "train_samples_per_s_wall": _speed("train_samples_per_s_wall", "↑", _rate),
     "train_samples_per_s_per_device": _speed("train_samples_per_s_per_device", "↑", _rate),
     "real_tokens_per_s": _speed("train_real_tokens_per_s", "↑", _rate),
     "padded_tokens_per_s": _speed("train_padded_tokens_per_s", "↑", _rate),
@@ -96,8 +108,8 @@ METRICS: dict[str, Metric] = {
     "peak_rss_gib": _gib("peak_host_rss_bytes"),
     "cuda_peak_alloc_gib": _gib("cuda_peak_allocated_bytes"),
     "cuda_peak_reserved_gib": _gib("cuda_peak_reserved_bytes"),
-    "accuracy": _accuracy("accuracy", with_stderr=True),
-    "f1_macro": _accuracy("f1_macro", with_stderr=True),
+    "accuracy": _accuracy("accuracy", with_stderr=True, paired=stats.mcnemar),
+    "f1_macro": _accuracy("f1_macro", with_stderr=True, paired=stats.paired_f1_difference),
     "f1_micro": _accuracy("f1_micro"),
     "f1_weighted": _accuracy("f1_weighted"),
     "top2_accuracy": _accuracy("top2_accuracy"),
@@ -105,6 +117,7 @@ METRICS: dict[str, Metric] = {
 
 DEFAULT_METRICS = [
     "train_samples_per_s",
+    "train_samples_per_s_wall",
     "real_tokens_per_s",
     "padding_efficiency",
     "step_p50_s",
@@ -115,17 +128,49 @@ DEFAULT_METRICS = [
     "f1_macro",
 ]
 
-IDENTITY = ["run", "recipe", "status", "setup"]
+IDENTITY = ["run", "recipe", "status", "setup", "differs"]
+COUNT = "n"
 SCALING = "scaling_eff"
+THROUGHPUT = "train_samples_per_s"  # what scaling_eff compares
+VERSUS = ("delta_pct", "verdict", "p_value", "diff_ci95")  # per metric against the baseline: <metric>_<field>
+VERDICT_MARKS = {"significant": " *", "within noise": " ~"}
+
+# Recipe settings that never tell runs apart: labels, where files go, the Modal GPU request (ran has the device)
+IGNORED = ("name", "description", "output", "hardware.gpu")
+# ...and for scaling, how the global batch is split over processes, and the seed
+SCALING_IGNORED = (*IGNORED, "train.seed", "train.batch_size", "train.gradient_accumulation_steps",
+                   "hardware.num_processes")  # fmt: skip
+SHORT_NAMES = {"train.seed": "seed"}
 
 
 @dataclass
 class Table:
-    """Raw values. ``columns`` are row keys in display order; a metric with a stderr also has a
-    ``<name>_stderr`` key in every row (rendered as ``value ± stderr``, its own CSV column)."""
+    """Raw values. ``columns`` are row keys in display order. Every metric also has ``<name>_std`` (over a
+    row's runs, None for one run) and, where it has one, ``<name>_stderr`` (a single run's own standard
+    error); with a baseline, ``<name>_delta_pct``, ``_verdict``, ``_p_value`` and ``_diff_ci95`` too."""
 
     columns: list[str]
     rows: list[dict[str, Any]]
+    baseline: str | None = None  # the run or group id of the row the others are compared with
+    notes: list[str] = field(default_factory=list)  # what the numbers cannot say by themselves
+
+
+@dataclass
+class Group:
+    """The runs shown as one row: a single run, or the completed runs of one ``--repeats`` launch."""
+
+    label: str | None  # the run id, or the repeats group id
+    results: list[dict[str, Any]]
+    paths: list[Path | None]  # the result files, beside which predictions files lie
+
+    def values(self, name: str, split: str = "auto") -> list[float]:
+        """The metric in every run that has it."""
+        get = METRICS[name].get
+        return [value for result in self.results if (value := get(result, resolve_split(result, split))) is not None]
+
+    def mean(self, name: str, split: str = "auto") -> float | None:
+        values = self.values(name, split)
+        return stats.mean_std(values)[0] if values else None
 
 
 def metric(name: str) -> Metric:
@@ -146,6 +191,17 @@ def world_size(result: dict[str, Any]) -> int:
     return _dig(result, "ran", "world_size") or _dig(result, "recipe", "hardware", "num_processes") or 1
 
 
+def global_batch_size(result: dict[str, Any]) -> int | None:
+    """Samples per optimizer step over all processes, as recorded, else from the recipe."""
+    recorded = _dig(result, "ran", "global_batch_size")
+    if recorded is not None:
+        return recorded
+    train = _dig(result, "recipe", "train") or {}
+    if train.get("batch_size") is None:
+        return None
+    return train["batch_size"] * (train.get("gradient_accumulation_steps") or 1) * world_size(result)
+
+
 def setup(result: dict[str, Any]) -> str:
     """Short description of what ran, for example "cuda bf16 sdpa x4"."""
     ran = result.get("ran") or {}
@@ -161,62 +217,199 @@ def setup(result: dict[str, Any]) -> str:
     return " ".join(str(part) for part in parts if part)
 
 
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def settings(result: dict[str, Any], ignore: tuple[str, ...] = IGNORED) -> dict[str, str]:
+    """The recipe as dotted keys (``train.seed``) with YAML-style values (``false``, ``null``), without the
+    keys in ignore and those below them."""
+    flat = _flatten(result.get("recipe") or {})
+    return {
+        key: value if isinstance(value, str) else json.dumps(value)
+        for key, value in flat.items()
+        if not any(key == skip or key.startswith(f"{skip}.") for skip in ignore)
+    }
+
+
+def differences(groups: list[Group]) -> list[str]:
+    """Per row, ``key=value`` for every recipe setting whose value varies across the rows ("" if none does).
+    A setting that varies inside a repeats group (its seeds) has no single value there and is not compared."""
+    described = [[settings(result) for result in group.results] for group in groups]
+    keys = dict.fromkeys(key for runs in described for run in runs for key in run)
+    found = [{key: {run.get(key) for run in runs} for key in keys} for runs in described]  # None: not set
+    fixed = [{key: next(iter(values)) for key, values in row.items() if len(values) == 1} for row in found]
+    varying = [key for key in keys if len({row[key] for row in fixed if key in row}) > 1]
+    return [
+        ", ".join(f"{SHORT_NAMES.get(key, key)}={row[key]}" for key in varying if row.get(key) is not None)
+        for row in fixed
+    ]
+
+
+def group_runs(results: list[dict[str, Any]], paths: list[Path] | None = None, per_run: bool = False) -> list[Group]:
+    """Completed runs of one ``--repeats`` launch share a Group (unless per_run); every other run is its own,
+    failed ones included, so their ids (which name their logs) stay visible. First-seen order."""
+    groups: dict[tuple[str, Any], Group] = {}
+    for i, (result, path) in enumerate(zip(results, paths or [None] * len(results))):
+        repeats = _dig(result, "repeats", "group")
+        together = repeats is not None and not per_run and result.get("status") == "completed"
+        key = ("repeats", repeats) if together else ("run", i)
+        if key not in groups:
+            groups[key] = Group(repeats if together else result.get("run_id"), [], [])
+        groups[key].results.append(result)
+        groups[key].paths.append(path)
+    return list(groups.values())
+
+
 def _divide(numerator: float | None, denominator: float | None) -> float | None:
     return None if numerator is None or not denominator else numerator / denominator
 
 
-def _row(result: dict[str, Any], names: list[str], split: str) -> dict[str, Any]:
-    split = resolve_split(result, split)
-    row = {"run": result.get("run_id"), "recipe": result.get("recipe_name"),
-           "status": result.get("status"), "setup": setup(result)}
+def _row(group: Group, names: list[str], split: str, differs: str) -> dict[str, Any]:
+    first = group.results[0]
+    row = {"run": group.label, "recipe": first.get("recipe_name"), "status": first.get("status"),
+           "setup": setup(first), "differs": differs, COUNT: len(group.results)}  # fmt: skip
     for name in names:
         spec = METRICS[name]
-        row[name] = spec.get(result, split)
-        if spec.stderr:
-            row[f"{name}_stderr"] = spec.stderr(result, split)
+        values = group.values(name, split)
+        row[name], row[f"{name}_std"] = stats.mean_std(values) if values else (None, None)
+        if spec.stderr:  # a single run's own uncertainty (its evaluation rows); a group's is its std
+            row[f"{name}_stderr"] = spec.stderr(first, resolve_split(first, split)) if len(group.results) == 1 else None
     return row
 
 
-def baseline_index(results: list[dict[str, Any]], baseline: str) -> int:
-    """A run id, a unique prefix of one, or a 0-based row index."""
-    ids = [str(result.get("run_id")) for result in results]
-    if baseline in ids:
-        return ids.index(baseline)
-    if baseline.isdigit() and int(baseline) < len(ids):
+def baseline_index(groups: list[Group], baseline: str) -> int:
+    """The row of a run id or repeats group id, of a unique prefix of one, or a 0-based row index."""
+    ids = [[str(group.label), *(str(result.get("run_id")) for result in group.results)] for group in groups]
+    exact = [i for i, names in enumerate(ids) if baseline in names]
+    if exact:
+        return exact[0]
+    if baseline.isdigit() and int(baseline) < len(groups):
         return int(baseline)
-    matches = [i for i, run_id in enumerate(ids) if run_id.startswith(baseline)]
+    matches = [i for i, names in enumerate(ids) if any(name.startswith(baseline) for name in names)]
     if len(matches) == 1:
         return matches[0]
     problem = "matches several runs" if matches else "is not a run id, prefix or row index"
-    raise ValueError(f"baseline {baseline!r} {problem}. Runs: {', '.join(ids)}")
+    raise ValueError(f"baseline {baseline!r} {problem}. Runs: {', '.join(str(group.label) for group in groups)}")
 
 
-def _scaling_key(result: dict[str, Any]) -> str:
-    """The configuration with the process count (and labels) left out; equal keys, comparable runs."""
-    recipe = {k: v for k, v in (result.get("recipe") or {}).items() if k not in ("name", "description")}
-    recipe["hardware"] = {
-        k: v for k, v in (recipe.get("hardware") or {}).items() if k not in ("num_processes", "gpu")
-    }
-    ran = {k: _dig(result, "ran", k) for k in ("device", "device_name", "mixed_precision", "attn_implementation")}
-    return json.dumps({"recipe": recipe, "ran": ran}, sort_keys=True, default=str)
+def _predictions(result: dict[str, Any], path: Path | None, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, predicted class ids) of split from the run's predictions file, or None without them."""
+    name = result.get("predictions_file")
+    file = None if name is None or path is None else Path(path).parent / name
+    if file is None or not file.is_file():
+        return None
+    with np.load(file) as archive:
+        if f"{split}.preds" not in archive:
+            return None
+        return archive[f"{split}.labels"], archive[f"{split}.preds"]
 
 
-def scaling_efficiency(results: list[dict[str, Any]]) -> list[float | None]:
-    """throughput_N / (N x mean 1-process throughput) within groups of otherwise identical runs."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, result in enumerate(results):
-        if _dig(result, "speed", "train_samples_per_s") is not None:
-            groups[_scaling_key(result)].append(i)
-    efficiency: list[float | None] = [None] * len(results)
-    for members in groups.values():
-        sizes = [world_size(results[i]) for i in members]
-        single = [results[i]["speed"]["train_samples_per_s"] for i, n in zip(members, sizes) if n == 1]
+def paired_predictions(row: Group, base: Group, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(labels, row's predictions, base's predictions) when both rows are single runs that evaluated the
+    same data (equal fingerprints of the split) and kept their predictions; else None."""
+    if len(row.results) != 1 or len(base.results) != 1:
+        return None
+    (a, path_a), (b, path_b) = (row.results[0], row.paths[0]), (base.results[0], base.paths[0])
+    split_a, split_b = resolve_split(a, split), resolve_split(b, split)
+    fingerprint = _dig(a, "training", "data", "fingerprints", split_a)
+    if split_a != split_b or fingerprint is None or fingerprint != _dig(b, "training", "data", "fingerprints", split_b):
+        return None
+    mine, theirs = _predictions(a, path_a, split_a), _predictions(b, path_b, split_b)
+    if mine is None or theirs is None or not np.array_equal(mine[0], theirs[0]):  # rows must align one to one
+        return None
+    return mine[0], mine[1], theirs[1]
+
+
+def _versus(name: str, row: Group, base: Group, split: str, pair: tuple[np.ndarray, ...] | None) -> dict[str, Any]:
+    """The change of one metric against the baseline row, and whether it is beyond noise: a paired test of
+    two single runs' predictions where the metric has one, else Welch's t (None unless both rows have 2+ runs)."""
+    spec = METRICS[name]
+    mean, reference = row.mean(name, split), base.mean(name, split)
+    if pair is not None and spec.paired:
+        test = spec.paired(*pair)
+    else:
+        test = stats.welch(row.values(name, split), base.values(name, split))
+    delta = None if mean is None or not reference else 100 * (mean - reference) / abs(reference)
+    verdict = p_value = ci95 = None
+    if test is not None:
+        verdict, p_value, ci95 = "significant" if test.significant else "within noise", test.p_value, test.ci95
+    return {f"{name}_{suffix}": value for suffix, value in zip(VERSUS, [delta, verdict, p_value, ci95])}
+
+
+def _compare_with_baseline(
+    table: Table, groups: list[Group], index: int, names: list[str], split: str, ratio_of: str
+) -> None:
+    base = groups[index]
+    table.baseline = str(base.label)
+    column = f"{ratio_of} vs baseline"
+    reference = base.mean(ratio_of, split)
+    pairs_tested = any(METRICS[name].paired for name in names)
+    for i, (row, group) in enumerate(zip(table.rows, groups)):
+        row[column] = _divide(group.mean(ratio_of, split), reference)
+        pair = paired_predictions(group, base, split) if pairs_tested and i != index else None
+        for name in names:
+            if i == index:
+                row.update(dict.fromkeys(f"{name}_{suffix}" for suffix in VERSUS))
+            else:
+                row.update(_versus(name, group, base, split, pair))
+    table.columns.append(column)
+
+
+def _scaling_key(result: dict[str, Any], with_batch: bool = True) -> str:
+    """The configuration without the process count and the batch split (labels and seed left out too);
+    equal keys, comparable runs. with_batch keeps the global batch in it."""
+    ran = {key: _dig(result, "ran", key) for key in ("device", "device_name", "mixed_precision", "attn_implementation")}
+    key = {"recipe": settings(result, SCALING_IGNORED), "ran": ran}
+    if with_batch:
+        key["global_batch_size"] = global_batch_size(result)
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def _alike(groups: list[Group], key: Callable[[dict[str, Any]], str]) -> list[list[int]]:
+    """Indexes of the rows with a throughput, in lists of equal key (of each row's first run)."""
+    found: dict[str, list[int]] = defaultdict(list)
+    for i, group in enumerate(groups):
+        if group.mean(THROUGHPUT) is not None:
+            found[key(group.results[0])].append(i)
+    return list(found.values())
+
+
+def scaling_efficiency(groups: list[Group]) -> list[float | None]:
+    """throughput_N / (N x mean 1-process throughput) among rows of otherwise identical runs at the same
+    global batch; a row of several runs counts as their mean."""
+    efficiency: list[float | None] = [None] * len(groups)
+    for members in _alike(groups, _scaling_key):
+        sizes = [world_size(groups[i].results[0]) for i in members]
+        single = [groups[i].mean(THROUGHPUT) for i, n in zip(members, sizes) if n == 1]
         if not single or len(set(sizes)) < 2:
             continue
         base = sum(single) / len(single)
         for i, n in zip(members, sizes):
-            efficiency[i] = _divide(results[i]["speed"]["train_samples_per_s"], n * base)
+            efficiency[i] = _divide(groups[i].mean(THROUGHPUT), n * base)
     return efficiency
+
+
+def scaling_notes(groups: list[Group]) -> list[str]:
+    """A note for each set of rows that differ in process count but also in global batch, which
+    scaling_eff therefore does not compare."""
+    notes = []
+    for members in _alike(groups, partial(_scaling_key, with_batch=False)):
+        firsts = [groups[i].results[0] for i in members]
+        runs = list(dict.fromkeys((world_size(result), global_batch_size(result)) for result in firsts))
+        if len({size for size, _ in runs}) > 1 and len({batch for _, batch in runs}) > 1:
+            recipes = ", ".join(dict.fromkeys(str(result.get("recipe_name")) for result in firsts))
+            sizes = " / ".join(f"x{size}" for size, _ in runs)
+            batches = " vs ".join(str(batch) for _, batch in runs)
+            notes.append(f"scaling_eff: not computed across global batches for {recipes} {sizes}: "
+                         f"global batch {batches} — accuracy and speed are confounded")  # fmt: skip
+    return notes
 
 
 def build_table(
@@ -225,29 +418,37 @@ def build_table(
     split: str = "auto",
     baseline: str | None = None,
     ratio_of: str = "train_samples_per_s",
+    *,
+    per_run: bool = False,
+    paths: list[Path] | None = None,
 ) -> Table:
+    """The table of results: per_run shows the runs of a ``--repeats`` launch as rows of their own; paths
+    (the result files, in the order of results) locate predictions files for paired tests."""
     names = list(dict.fromkeys(metrics))
     for name in [*names, ratio_of]:
         metric(name)
-    columns = [*IDENTITY, *names]
-    rows = [_row(result, names, split) for result in results]
+    groups = group_runs(results, paths, per_run)
+    rows = [_row(group, names, split, differs) for group, differs in zip(groups, differences(groups))]
+    table = Table([*IDENTITY, COUNT, *names], rows)
     if baseline is not None:
-        column = f"{ratio_of} vs baseline"
-        values = [METRICS[ratio_of].get(result, resolve_split(result, split)) for result in results]
-        reference = values[baseline_index(results, baseline)]
-        for row, value in zip(rows, values):
-            row[column] = _divide(value, reference)
-        columns.append(column)
-    efficiency = scaling_efficiency(results)
+        _compare_with_baseline(table, groups, baseline_index(groups, baseline), names, split, ratio_of)
+    efficiency = scaling_efficiency(groups)
     if any(value is not None for value in efficiency):
         for row, value in zip(rows, efficiency):
             row[SCALING] = value
-        columns.append(SCALING)
-    return Table(columns, rows)
+        table.columns.append(SCALING)
+    table.notes.extend(scaling_notes(groups))
+    return table
 
 
 def _header(column: str) -> str:
     return f"{column} {METRICS[column].direction}" if column in METRICS else column
+
+
+def _spread(row: dict[str, Any], name: str) -> float | None:
+    """What ± shows: the standard deviation over a row's runs, else a single run's standard error."""
+    std = row.get(f"{name}_std")
+    return std if std is not None else row.get(f"{name}_stderr")
 
 
 def _cell(column: str, row: dict[str, Any]) -> str:
@@ -256,15 +457,41 @@ def _cell(column: str, row: dict[str, Any]) -> str:
         return ""
     if column in IDENTITY:
         return str(value).replace("|", "\\|")
+    if column == COUNT:
+        return str(value)
     spec = METRICS.get(column)
     if spec is None:
         return _ratio(value)
-    stderr = row.get(f"{column}_stderr")
-    return spec.fmt(value) + ("" if stderr is None else f" ± {spec.fmt(stderr)}")
+    spread = _spread(row, column)
+    text = spec.fmt(value) + ("" if spread is None else f" ± {spec.fmt(spread)}")
+    delta = row.get(f"{column}_delta_pct")
+    if delta is not None:
+        text += f" ({delta:+.1f}%{VERDICT_MARKS.get(row[f'{column}_verdict'], '')})"
+    return text
+
+
+def _legend(table: Table) -> list[str]:
+    """Lines saying what ± and the verdict marks mean, for those that appear."""
+    names = [column for column in table.columns if column in METRICS]
+    shown = {suffix for row in table.rows for name in names for suffix in ("std", "stderr")
+             if row.get(name) is not None and row.get(f"{name}_{suffix}") is not None}  # fmt: skip
+    meanings = {
+        "stderr": "± after a single run's accuracy/F1: standard error on its evaluation split alone (binomial for "
+        "accuracy, bootstrap for F1; ignores seed variance)",
+        "std": "± in a row of n > 1: standard deviation over its n runs (seeds)",
+    }
+    lines = ["; ".join(meanings[suffix] for suffix in meanings if suffix in shown)] if shown else []
+    if table.baseline is not None:
+        lines.append(
+            f"(+x.x%) after a value: its change against baseline {table.baseline}; * significant at 95%, ~ within "
+            "noise (rows of n > 1: Welch's t over seeds; two single runs' accuracy: McNemar, f1_macro: paired "
+            "bootstrap, on their predictions of the same rows); no mark: no verdict (a single run has no seed variance)"
+        )
+    return lines
 
 
 def render_markdown(table: Table) -> str:
-    """GitHub pipe table; numeric columns right-aligned."""
+    """GitHub pipe table; numeric columns right-aligned; then what ± and the marks mean, and the notes."""
     headers = [_header(column) for column in table.columns]
     cells = [[_cell(column, row) for column in table.columns] for row in table.rows]
     widths = [max([3, len(header), *(len(line[i]) for line in cells)]) for i, header in enumerate(headers)]
@@ -275,16 +502,22 @@ def render_markdown(table: Table) -> str:
         return "| " + " | ".join(padded) + " |"
 
     rule = "|" + "|".join("-" * (w + 1) + ":" if num else "-" * (w + 2) for w, num in zip(widths, numeric)) + "|"
-    return "\n".join([line(headers), rule, *map(line, cells)]) + "\n"
+    text = "\n".join([line(headers), rule, *map(line, cells)]) + "\n"
+    below = [*_legend(table), *table.notes]
+    return text + "".join(f"\n{note}" for note in below) + ("\n" if below else "")
 
 
 def _fields(table: Table) -> list[str]:
-    """Row keys in column order, each metric followed by its stderr key where it has one."""
+    """Row keys in column order, each metric followed by its std, stderr and baseline keys."""
     fields = []
     for column in table.columns:
         fields.append(column)
-        if column in METRICS and METRICS[column].stderr:
-            fields.append(f"{column}_stderr")
+        if column in METRICS:
+            fields.append(f"{column}_std")
+            if METRICS[column].stderr:
+                fields.append(f"{column}_stderr")
+            if table.baseline is not None:
+                fields.extend(f"{column}_{suffix}" for suffix in VERSUS)
     return fields
 
 
@@ -308,8 +541,9 @@ RENDERERS: dict[str, Callable[[Table], str]] = {
 
 
 def plot_table(table: Table, path: Path) -> Path:
-    """One horizontal bar chart per metric column (± standard error where known) as an image; matplotlib
-    is imported only here, and an existing file is never replaced."""
+    """One horizontal bar chart per metric column as an image, error bars as ± in the table (standard
+    deviation over a row's runs, else a single run's standard error); matplotlib is imported only here,
+    and an existing file is never replaced."""
     if path.exists():
         raise FileExistsError(f"{path} exists; choose another name for the plot")
     import matplotlib
@@ -323,7 +557,7 @@ def plot_table(table: Table, path: Path) -> Path:
                                 sharey=True, squeeze=False)  # fmt: skip
     for axis, name in zip(axes[0], names):
         values = [row.get(name) if row.get(name) is not None else float("nan") for row in table.rows]
-        errors = [row.get(f"{name}_stderr") or 0.0 for row in table.rows]
+        errors = [_spread(row, name) or 0.0 for row in table.rows]
         axis.barh(range(len(labels)), values, xerr=errors if any(errors) else None, ecolor="black", capsize=3)
         axis.set_title(_header(name), fontsize=9)
     axes[0][0].set_yticks(range(len(labels)), labels, fontsize=8)
@@ -340,10 +574,13 @@ def compare_table(
     split: str = "auto",
     baseline: str | None = None,
     ratio_of: str = "train_samples_per_s",
+    *,
+    per_run: bool = False,
 ) -> Table:
     """The comparison table of the result files named by paths (files or folders)."""
-    results = [load_result(path) for path in find_result_files(paths)]
-    return build_table(results, metrics or DEFAULT_METRICS, split, baseline, ratio_of)
+    files = find_result_files(paths)
+    results = [load_result(path) for path in files]
+    return build_table(results, metrics or DEFAULT_METRICS, split, baseline, ratio_of, per_run=per_run, paths=files)
 
 
 def compare(paths: list[str], metrics: list[str] | None = None, fmt: str = "markdown", **options: Any) -> str:
@@ -351,4 +588,3 @@ def compare(paths: list[str], metrics: list[str] | None = None, fmt: str = "mark
     if fmt not in RENDERERS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(RENDERERS)}")
     return RENDERERS[fmt](compare_table(paths, metrics, **options))
-

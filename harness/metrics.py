@@ -1,4 +1,4 @@
-"""Accuracy metrics computed with scikit-learn from predicted probabilities.
+"""Accuracy metrics computed with scikit-learn (intervals with scipy) from predicted probabilities.
 
 Everything here works on plain arrays (integer labels, softmax rows) and returns
 JSON-ready Python values, so results files never carry numpy types and this
@@ -8,10 +8,11 @@ module imports no torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn.metrics import (
     accuracy_score,
     classification_report,
@@ -21,6 +22,8 @@ from sklearn.metrics import (
     recall_score,
     top_k_accuracy_score,
 )
+
+from harness.stats import interval, paired_bootstrap
 
 DEFAULT_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))
 
@@ -104,50 +107,82 @@ def top_k_predictions(probs: Any, label_names: Sequence[str], k: int) -> list[li
     return [[(label_names[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
 
 
+def macro_f1(labels: Any, preds: Any) -> np.ndarray:
+    """Macro-F1 along the last axis over the classes present in labels or preds (scikit-learn's default).
+
+    Leading axes are a batch (bootstrap resamples): one bincount counts every row of every resample at
+    once, so a thousand resamples of thousands of rows take milliseconds.
+    """
+    labels, preds = np.broadcast_arrays(np.asarray(labels), np.asarray(preds))
+    k = int(max(labels.max(), preds.max())) + 1
+    batch = labels.shape[:-1]
+    size = math.prod(batch)
+    offset = np.arange(size)[:, None] * k  # resample b counts its classes in bins b*k .. b*k + k-1
+    true, pred = ((array.reshape(size, -1) + offset).ravel() for array in (labels, preds))
+
+    def count(ids: np.ndarray) -> np.ndarray:
+        return np.bincount(ids, minlength=size * k).reshape(*batch, k)
+
+    hits, total = count(true[true == pred]), count(true) + count(pred)  # total = 2tp + fp + fn, 0 if absent
+    f1 = np.divide(2 * hits, total, out=np.zeros(total.shape), where=total > 0)
+    return f1.sum(axis=-1) / (total > 0).sum(axis=-1)
+
+
+def _f1_macro_bootstrap(labels: np.ndarray, preds: np.ndarray, resamples: int, seed: int) -> Any:
+    """The bootstrap of macro-F1 over (label, prediction) pairs, or None when it cannot run."""
+    if resamples < 2 or len(labels) < 2:
+        return None
+    return paired_bootstrap([labels, preds], macro_f1, seed, resamples)
+
+
 def classification_metrics(
     labels: Any,
     probs: Any,
     label_names: Sequence[str],
     *,
-    bootstrap_samples: int = 200,
+    bootstrap_samples: int = 1000,
     seed: int = 0,
 ) -> dict:
     """All accuracy metrics for one evaluation split, as a JSON-serialisable dict.
 
-    ``f1_macro_stderr`` is the bootstrap standard deviation of macro-F1, or None
-    when fewer than 2 resamples are asked for.
+    Macro averages cover the classes present in labels or predictions (``labels_averaged``), as
+    scikit-learn does: a class missing from a small split would otherwise count as F1 0. ``per_class``
+    and ``confusion_matrix`` list every class. ``f1_macro_ci95`` and ``f1_macro_stderr`` come from a
+    seeded percentile bootstrap (None when fewer than 2 resamples are asked for); ``accuracy_ci95`` is
+    the Wilson interval.
     """
     labels, probs = _check(labels, probs)
     n, k = probs.shape
     if len(label_names) != k:
         raise ValueError(f"label_names has {len(label_names)} entries but probs has {k} classes")
-    # explicit labels keep every average over all k classes even when some are absent
-    common = {"labels": list(range(k)), "zero_division": 0}
     preds = probs.argmax(axis=1)
+    every_class = {"labels": list(range(k)), "zero_division": 0}
 
-    def f1(average: str, rows: Any = slice(None)) -> float:
-        return float(f1_score(labels[rows], preds[rows], average=average, **common))
+    def average(score: Callable[..., float], how: str) -> float:
+        return float(score(labels, preds, average=how, zero_division=0))
 
-    rng = np.random.default_rng(seed)
-    boot = [f1("macro", rng.integers(0, n, size=n)) for _ in range(bootstrap_samples)]
     accuracy = float(accuracy_score(labels, preds))
-    report = classification_report(labels, preds, target_names=list(label_names), output_dict=True, **common)
+    boot = _f1_macro_bootstrap(labels, preds, bootstrap_samples, seed)
+    report = classification_report(labels, preds, target_names=list(label_names), output_dict=True, **every_class)
     return {
         "num_samples": n,
         "accuracy": accuracy,
         "accuracy_stderr": math.sqrt(accuracy * (1 - accuracy) / n),
-        "f1_macro": f1("macro"),
-        "f1_macro_stderr": float(np.std(boot, ddof=1)) if bootstrap_samples > 1 else None,
-        "f1_micro": f1("micro"),
-        "f1_weighted": f1("weighted"),
-        "precision_macro": float(precision_score(labels, preds, average="macro", **common)),
-        "recall_macro": float(recall_score(labels, preds, average="macro", **common)),
+        "accuracy_ci95": interval(binomtest(int((labels == preds).sum()), n).proportion_ci(method="wilson")),
+        "f1_macro": average(f1_score, "macro"),
+        "f1_macro_stderr": None if boot is None else float(boot.standard_error),
+        "f1_macro_ci95": None if boot is None else interval(boot.confidence_interval),
+        "f1_micro": average(f1_score, "micro"),
+        "f1_weighted": average(f1_score, "weighted"),
+        "precision_macro": average(precision_score, "macro"),
+        "recall_macro": average(recall_score, "macro"),
+        "labels_averaged": [label_names[i] for i in np.union1d(labels, preds)],
         "top1_accuracy": _top_k_accuracy(labels, probs, 1),
         "top2_accuracy": _top_k_accuracy(labels, probs, 2),
         "per_class": _plain(report),  # older sklearn put numpy scalars (int64 support) here
         "confusion_matrix": {
             "labels": list(label_names),
-            "matrix": confusion_matrix(labels, preds, labels=common["labels"]).tolist(),
+            "matrix": confusion_matrix(labels, preds, labels=every_class["labels"]).tolist(),
         },
         "threshold_sweep": threshold_sweep(labels, probs),
         "max_prob_distribution": max_prob_distribution(probs),

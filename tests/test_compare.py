@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.stats
+from sklearn.metrics import f1_score
 
 from harness.compare import DEFAULT_METRICS, build_table, compare, render_csv, render_json
-from harness.results import MemoryReport, RunResult, SpeedReport, load_result, save_result
+from harness.results import MemoryReport, RunResult, SpeedReport, load_result, result_path, write_new_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,14 +29,25 @@ def make_result(
     status: str = "completed",
     accuracy: dict | None = None,
     cuda_bytes: int | None = None,
-) -> RunResult:
-    recipe = {
+    recipe: dict | None = None,
+    repeats: dict | None = None,
+    global_batch: int | None = None,
+    fingerprints: dict | None = None,
+) -> dict:
+    """A result document; recipe maps dotted keys ("train.seed") to values that replace the defaults."""
+    settings = {
         "name": "tiny",
         "model": {"name": "tiny-bert", "attn_implementation": "sdpa"},
         "precision": {"dtype": "fp32"},
-        "train": {"batch_size": batch_size},
+        "train": {"batch_size": batch_size, "gradient_accumulation_steps": 1, "seed": 42},
         "hardware": {"device": "cpu", "num_processes": processes, "gpu": None},
     }
+    for key, value in (recipe or {}).items():
+        *parents, leaf = key.split(".")
+        node = settings
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
     speed = memory = None
     if status == "completed":
         speed = SpeedReport(
@@ -41,29 +55,48 @@ def make_result(
             train_real_tokens_per_s=5000.0, train_padded_tokens_per_s=6250.0, padding_efficiency=0.8,
             step_time_mean_s=0.33, step_time_p50_s=0.3125, step_time_p90_s=0.5, time_to_first_step_s=4.0,
             train_wall_s=10.0, eval_samples_per_s=400.0, total_wall_s=20.0, mfu=None,
+            train_samples_per_s_wall=None if samples_per_s is None else samples_per_s * 0.8,
         )
         memory = MemoryReport(peak_host_rss_bytes=3 * 2**30, cuda_peak_allocated_bytes=cuda_bytes)
+    ran = {"device": "cpu", "mixed_precision": "no", "attn_implementation": "sdpa", "world_size": processes}
+    if global_batch is not None:
+        ran["global_batch_size"] = global_batch
     return RunResult(
-        run_id=run_id, kind="train", status=status, recipe_name="tiny", recipe_hash="abc", recipe=recipe,
-        started_at="2025-01-01T00:00:00+00:00", finished_at="2025-01-01T00:01:00+00:00",
-        ran={"device": "cpu", "mixed_precision": "no", "attn_implementation": "sdpa", "world_size": processes},
+        run_id=run_id, kind="train", status=status, recipe_name="tiny", recipe_hash="abc", recipe=settings,
+        started_at="2025-01-01T00:00:00+00:00", finished_at="2025-01-01T00:01:00+00:00", ran=ran,
         speed=speed, memory=memory, accuracy=accuracy or {},
+        training={"data": {"fingerprints": fingerprints or {}}},
         error={"type": "RuntimeError", "message": "boom"} if status == "failed" else None,
-    )
+        repeats=repeats,
+    ).to_dict()
 
 
-def write(tmp_path: Path, *results: RunResult) -> list[dict]:
+def write(tmp_path: Path, *results: dict) -> list[dict]:
     for result in results:
-        save_result(tmp_path, result)
-    return [load_result(tmp_path / "tiny" / f"{result.run_id}.json") for result in results]
+        write_new_json(result_path(tmp_path, result["recipe_name"], result["run_id"]), result)
+    return [load_result(result_path(tmp_path, result["recipe_name"], result["run_id"])) for result in results]
+
+
+def seeds(group: str, speeds: list[float], first_seed: int = 42, **options) -> list[dict]:
+    """The results of one `harness run --repeats N` launch, one speed per seed."""
+    return [
+        make_result(f"{group}-{i}", samples_per_s=speed, recipe={"train.seed": first_seed + i},
+                    repeats={"group": group, "index": i, "count": len(speeds)}, **options)
+        for i, speed in enumerate(speeds)
+    ]  # fmt: skip
 
 
 def markdown_rows(text: str) -> list[dict[str, str]]:
     def cells(line: str) -> list[str]:
         return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
-    lines = text.splitlines()
+    lines = text.split("\n\n")[0].splitlines()  # the legend and notes follow a blank line
     return [dict(zip(cells(lines[0]), cells(line))) for line in lines[2:]]
+
+
+def notes(text: str) -> list[str]:
+    """The lines under the markdown table."""
+    return text.split("\n\n", 1)[1].splitlines() if "\n\n" in text else []
 
 
 ACCURACY = {
@@ -77,9 +110,11 @@ def test_markdown_headers_carry_direction_and_alignment(tmp_path):
     lines = compare([str(tmp_path)]).splitlines()
     assert "f1_macro ↑" in lines[0] and "step_p50_s ↓" in lines[0] and "peak_rss_gib ↓" in lines[0]
     rule = lines[1].strip("|").split("|")
-    assert not rule[0].endswith(":") and all(cell.endswith(":") for cell in rule[4:])
+    assert not any(cell.endswith(":") for cell in rule[:5]) and all(cell.endswith(":") for cell in rule[5:])
     row = markdown_rows("\n".join(lines))[0]
     assert row["run"] == "run-a" and row["setup"] == "cpu fp32 sdpa x1" and row["status"] == "completed"
+    assert row["n"] == "1" and row["differs"] == ""
+    assert row["train_samples_per_s_wall ↑"] == "80.0"
     assert row["train_samples_per_s ↑"] == "100.0" and row["step_p50_s ↓"] == "0.312"
     assert row["padding_efficiency ↑"] == "0.800" and row["peak_rss_gib ↓"] == "3.00"
 
@@ -115,9 +150,9 @@ def test_auto_split_falls_back_to_validation(tmp_path):
 def test_scaling_efficiency(tmp_path):
     results = write(
         tmp_path,
-        make_result("run-1", samples_per_s=100.0, processes=1),
-        make_result("run-2", samples_per_s=180.0, processes=2),
-        make_result("run-4", samples_per_s=300.0, processes=4),
+        make_result("run-1", samples_per_s=100.0, processes=1, batch_size=64),
+        make_result("run-2", samples_per_s=180.0, processes=2, batch_size=32),
+        make_result("run-4", samples_per_s=300.0, processes=4, batch_size=16),
         make_result("run-other", samples_per_s=999.0, processes=1, batch_size=8),
     )
     table = build_table(results, ["train_samples_per_s"])
@@ -133,9 +168,9 @@ def test_scaling_efficiency(tmp_path):
 def test_scaling_uses_mean_of_single_process_runs_and_is_omitted_without_group(tmp_path):
     results = write(
         tmp_path,
-        make_result("run-1a", samples_per_s=90.0),
-        make_result("run-1b", samples_per_s=110.0),
-        make_result("run-2", samples_per_s=150.0, processes=2),
+        make_result("run-1a", samples_per_s=90.0, recipe={"train.seed": 1}),
+        make_result("run-1b", samples_per_s=110.0, recipe={"train.seed": 2}),
+        make_result("run-2", samples_per_s=150.0, processes=2, batch_size=16),
     )
     assert [row["scaling_eff"] for row in build_table(results, ["mfu"]).rows] == [0.9, 1.1, 0.75]
     assert "scaling_eff" not in build_table(results[:2], ["mfu"]).columns
@@ -165,7 +200,8 @@ def test_missing_values_and_failed_run_render_empty(tmp_path):
     rows = markdown_rows(compare([str(tmp_path)], baseline="run-a"))
     failed = rows[1]
     assert failed["run"] == "run-b" and failed["status"] == "failed"
-    assert all(failed[header] == "" for header in failed if header not in ("run", "recipe", "status", "setup"))
+    assert failed["n"] == "1"
+    assert all(failed[header] == "" for header in failed if header not in ("run", "recipe", "status", "setup", "n"))
     assert rows[0]["mfu ↑"] == "" and rows[0]["cuda_peak_alloc_gib ↓"] == ""
     row = json.loads(compare([str(tmp_path)], fmt="json"))[1]
     assert row["train_samples_per_s"] is None and row["accuracy_stderr"] is None
@@ -188,7 +224,8 @@ def test_unknown_baseline_lists_runs(tmp_path):
 
 
 def test_import_pulls_in_no_heavy_libraries():
-    code = "import sys, harness.compare; print(sorted({'torch', 'pandas', 'numpy', 'matplotlib'} & set(sys.modules)))"
+    heavy = "{'torch', 'pandas', 'transformers', 'scipy', 'sklearn', 'matplotlib'}"
+    code = f"import sys, harness.compare; print(sorted({heavy} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -199,7 +236,7 @@ def test_cli(tmp_path):
     command = [sys.executable, "-m", "harness.cli", "compare", str(tmp_path), "--format", "csv", "--metrics", "mfu"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0] == "run,recipe,status,setup,mfu"
+    assert done.stdout.splitlines()[0] == "run,recipe,status,setup,differs,n,mfu,mfu_std"
     bad = subprocess.run([*command[:-1], "mfuu"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "did you mean 'mfu'" in bad.stderr
 
@@ -218,3 +255,197 @@ def test_plot_draws_one_panel_per_metric_and_never_replaces_a_file(tmp_path):
     assert width == round((3.2 * 3 + 2) * 120) and height == round((0.6 * 2 + 1.2) * 120)  # 3 panels, 2 runs
     with pytest.raises(FileExistsError):
         plot_table(table, path)
+
+
+def test_repeats_share_a_row_with_mean_and_std(tmp_path):
+    accuracy = [{"test": {"accuracy": value, "accuracy_stderr": 0.01, "f1_macro": value - 0.1,
+                          "f1_macro_stderr": 0.02}} for value in (0.90, 0.92, 0.94)]  # fmt: skip
+    runs = seeds("g1", [100.0, 110.0, 120.0])
+    for run, scores in zip(runs, accuracy):
+        run["accuracy"] = scores
+    results = write(tmp_path, *runs, make_result("single", samples_per_s=95.0, accuracy=ACCURACY))
+    rows = build_table(results, ["train_samples_per_s", "accuracy"]).rows
+    group, single = rows
+    assert group["run"] == "g1" and group["n"] == 3 and single["n"] == 1
+    assert group["train_samples_per_s"] == pytest.approx(110.0) and group["train_samples_per_s_std"] == 10.0
+    assert group["accuracy"] == pytest.approx(0.92) and group["accuracy_std"] == pytest.approx(0.02)
+    assert group["accuracy_stderr"] is None  # one run's test-set error says nothing about the mean of three
+    assert single["accuracy"] == 0.912 and single["accuracy_std"] is None and single["accuracy_stderr"] == 0.01
+    text = compare([str(tmp_path)], metrics=["train_samples_per_s", "accuracy"])
+    cells = markdown_rows(text)
+    assert cells[0]["train_samples_per_s ↑"] == "110.0 ± 10.0" and cells[0]["accuracy ↑"] == "0.920 ± 0.020"
+    assert cells[1]["train_samples_per_s ↑"] == "95.0" and cells[1]["accuracy ↑"] == "0.912 ± 0.010"
+    assert cells[0]["n"] == "3" and cells[0]["differs"] == cells[1]["differs"] == ""  # seeds vary inside g1 only
+    (legend,) = notes(text)
+    assert "single run's accuracy/F1: standard error" in legend
+    assert "n > 1: standard deviation over its n runs" in legend
+    csv_row = next(csv.DictReader(io.StringIO(compare([str(tmp_path)], fmt="csv"))))
+    assert float(csv_row["train_samples_per_s_std"]) == 10.0 and csv_row["n"] == "3"
+    assert csv_row["accuracy_stderr"] == "" and float(csv_row["accuracy_std"]) == pytest.approx(0.02)
+
+
+def test_per_run_rows_name_their_seeds(tmp_path):
+    results = write(tmp_path, *seeds("g1", [100.0, 110.0, 120.0]))
+    rows = build_table(results, ["train_samples_per_s"], per_run=True).rows
+    assert [(row["run"], row["differs"], row["n"]) for row in rows] == [
+        ("g1-0", "seed=42", 1),
+        ("g1-1", "seed=43", 1),
+        ("g1-2", "seed=44", 1),
+    ]
+    assert markdown_rows(compare([str(tmp_path)], per_run=True))[2]["differs"] == "seed=44"
+
+
+def test_failed_repeat_keeps_its_own_row(tmp_path):
+    runs = seeds("g1", [100.0, 120.0, 0.0])
+    runs[2] = make_result("g1-2", status="failed", recipe={"train.seed": 44}, repeats=runs[2]["repeats"])
+    rows = build_table(write(tmp_path, *runs), ["train_samples_per_s"]).rows
+    assert [(row["run"], row["status"], row["n"], row["train_samples_per_s"]) for row in rows] == [
+        ("g1", "completed", 2, 110.0),
+        ("g1-2", "failed", 1, None),
+    ]
+
+
+def test_differs_names_varying_settings_only(tmp_path):
+    results = write(
+        tmp_path,
+        make_result("run-a", recipe={"data.group_by_length": True, "train.lr": 5e-5, "output.dir": "a",
+                                     "description": "first", "hardware.gpu": "H100"}),
+        make_result("run-b", recipe={"data.group_by_length": False, "train.lr": 5e-5, "output.dir": "b",
+                                     "description": "second", "hardware.gpu": "A100"}),
+        make_result("run-c", batch_size=16, recipe={"data.group_by_length": False, "train.lr": 1e-4}),
+    )  # fmt: skip
+    assert [row["differs"] for row in build_table(results, ["mfu"]).rows] == [
+        "train.batch_size=32, train.lr=5e-05, data.group_by_length=true",  # in recipe order
+        "train.batch_size=32, train.lr=5e-05, data.group_by_length=false",
+        "train.batch_size=16, train.lr=0.0001, data.group_by_length=false",
+    ]
+
+
+def test_baseline_verdicts_between_repeats_use_welch(tmp_path):
+    base, faster, similar = [100.0, 110.0, 120.0], [130.0, 140.0, 150.0], [105.0, 115.0, 125.0]
+    results = write(tmp_path, *seeds("base", base), *seeds("fast", faster), *seeds("same", similar))
+    rows = build_table(results, ["train_samples_per_s"], baseline="base").rows
+    assert all(rows[0][f"train_samples_per_s_{field}"] is None for field in ("delta_pct", "verdict", "p_value"))
+    for row, values, verdict in [(rows[1], faster, "significant"), (rows[2], similar, "within noise")]:
+        direct = scipy.stats.ttest_ind(values, base, equal_var=False)
+        ci = direct.confidence_interval()
+        assert row["train_samples_per_s_delta_pct"] == pytest.approx(100 * (np.mean(values) - 110) / 110)
+        assert row["train_samples_per_s_p_value"] == pytest.approx(direct.pvalue)
+        assert row["train_samples_per_s_diff_ci95"] == pytest.approx([ci.low, ci.high])
+        assert row["train_samples_per_s_verdict"] == verdict
+    assert rows[1]["train_samples_per_s_p_value"] < 0.05 < rows[2]["train_samples_per_s_p_value"]
+    text = compare([str(tmp_path)], metrics=["train_samples_per_s"], baseline="base")
+    cells = [row["train_samples_per_s ↑"] for row in markdown_rows(text)]
+    assert cells == ["110.0 ± 10.0", "140.0 ± 10.0 (+27.3% *)", "115.0 ± 10.0 (+4.5% ~)"]
+    legend = "(+x.x%) after a value: its change against baseline base; * significant"
+    assert any(line.startswith(legend) for line in notes(text))
+    by_member = build_table(results, ["train_samples_per_s"], baseline="fast-1").rows
+    assert by_member[1]["train_samples_per_s_delta_pct"] is None  # a run id names its group's row
+
+
+def paired_runs(tmp_path: Path, fingerprint_b: str = "f00d") -> tuple[list[dict], np.ndarray, np.ndarray, np.ndarray]:
+    """Two single runs with predictions files on the same 50 test rows: 10 rows only a is right, 2 only b."""
+    labels = np.arange(50) % 4
+    right_a = np.repeat([True, False, True, False], [10, 2, 30, 8])
+    right_b = np.repeat([False, True, True, False], [10, 2, 30, 8])
+    preds_a, preds_b = np.where(right_a, labels, (labels + 1) % 4), np.where(right_b, labels, (labels + 2) % 4)
+    runs = []
+    for run_id, preds, fingerprint, speed in [("run-a", preds_a, "f00d", 100.0),
+                                              ("run-b", preds_b, fingerprint_b, 90.0)]:  # fmt: skip
+        scores = {"test": {"accuracy": float(np.mean(preds == labels)), "accuracy_stderr": 0.01,
+                           "f1_macro": f1_score(labels, preds, average="macro"), "f1_macro_stderr": 0.02}}  # fmt: skip
+        run = make_result(run_id, samples_per_s=speed, accuracy=scores, fingerprints={"test": fingerprint})
+        run["predictions_file"] = f"{run_id}.predictions.npz"
+        folder = result_path(tmp_path, "tiny", run_id).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(folder / run["predictions_file"], **{"test.labels": labels, "test.preds": preds})
+        runs.append(run)
+    return write(tmp_path, *runs), labels, preds_a, preds_b
+
+
+def test_single_runs_are_tested_on_their_paired_predictions(tmp_path):
+    _, labels, preds_a, preds_b = paired_runs(tmp_path)
+    rows = json.loads(compare([str(tmp_path)], metrics=["train_samples_per_s", "accuracy", "f1_macro"],
+                              fmt="json", baseline="run-b"))  # fmt: skip
+    row = rows[0]  # run-a against run-b
+    assert row["accuracy_p_value"] == pytest.approx(2 * (1 + 12 + 66) / 2**12)  # binomial(12, 1/2) tails at <= 2
+    assert row["accuracy_verdict"] == "significant"
+    assert row["accuracy_delta_pct"] == pytest.approx(100 * (40 / 50 - 32 / 50) / (32 / 50))
+    low, high = row["accuracy_diff_ci95"]
+    assert low < (10 - 2) / 50 < high
+    difference = f1_score(labels, preds_a, average="macro") - f1_score(labels, preds_b, average="macro")
+    low, high = row["f1_macro_diff_ci95"]
+    assert low < difference < high and row["f1_macro_p_value"] is None
+    assert row["f1_macro_verdict"] == ("within noise" if low <= 0 <= high else "significant")
+    assert row["train_samples_per_s_verdict"] is None  # one run each: no seed variance to judge speed by
+    cells = markdown_rows(compare([str(tmp_path)], metrics=["train_samples_per_s", "accuracy"], baseline="run-b"))
+    assert cells[0]["train_samples_per_s ↑"] == "100.0 (+11.1%)"  # no mark: no verdict
+    assert cells[0]["accuracy ↑"] == "0.800 ± 0.010 (+25.0% *)"
+
+
+def test_no_paired_test_on_different_data_or_without_predictions(tmp_path):
+    results, *_ = paired_runs(tmp_path, fingerprint_b="beef")
+    paths = [result_path(tmp_path, "tiny", run_id) for run_id in ("run-a", "run-b")]
+    row = build_table(results, ["accuracy"], baseline="run-b", paths=paths).rows[0]
+    assert row["accuracy_delta_pct"] == pytest.approx(25.0) and row["accuracy_verdict"] is None
+    same_data, *_ = paired_runs(tmp_path / "again")
+    assert build_table(same_data, ["accuracy"], baseline="run-b").rows[0]["accuracy_verdict"] is None  # no paths
+
+
+def test_scaling_needs_the_same_global_batch(tmp_path):
+    results = write(
+        tmp_path,
+        make_result("run-1", samples_per_s=100.0, batch_size=32),
+        make_result("run-2", samples_per_s=180.0, processes=2, batch_size=32),
+    )
+    table = build_table(results, ["train_samples_per_s"])
+    assert "scaling_eff" not in table.columns
+    assert table.notes == [
+        "scaling_eff: not computed across global batches for tiny x1 / x2: global batch 32 vs 64 — "
+        + "accuracy and speed are confounded"
+    ]
+    assert notes(compare([str(tmp_path)])) == table.notes
+
+
+def test_scaling_global_batch_from_accumulation_or_as_recorded(tmp_path):
+    results = write(
+        tmp_path,
+        make_result("run-1", samples_per_s=100.0, batch_size=32, recipe={"train.gradient_accumulation_steps": 2}),
+        make_result("run-2", samples_per_s=180.0, processes=2, batch_size=32),
+        make_result("run-4", samples_per_s=360.0, processes=4, batch_size=8, global_batch=64),  # as recorded
+    )
+    table = build_table(results, ["train_samples_per_s"])
+    assert [row["scaling_eff"] for row in table.rows] == [1.0, 0.9, 0.9] and table.notes == []
+
+
+def test_scaling_counts_a_repeats_group_as_its_mean(tmp_path):
+    results = write(tmp_path, *seeds("one", [90.0, 100.0, 110.0], batch_size=64),
+                    make_result("run-2", samples_per_s=150.0, processes=2))  # fmt: skip
+    assert [row["scaling_eff"] for row in build_table(results, ["mfu"]).rows] == [1.0, 0.75]
+
+
+def test_plot_error_bars_are_std_for_repeats_and_stderr_for_single_runs(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    from harness.compare import plot_table
+
+    runs = seeds("g1", [100.0, 120.0])
+    for run, accuracy in zip(runs, (0.8, 0.9)):
+        run["accuracy"] = {"test": {"accuracy": accuracy, "accuracy_stderr": 0.01}}
+    results = write(tmp_path, *runs, make_result("single", accuracy=ACCURACY))
+    drawn, barh = [], Axes.barh
+
+    def record(axis, y, width, **options):
+        drawn.append(options["xerr"])
+        return barh(axis, y, width, **options)
+
+    monkeypatch.setattr(Axes, "barh", record)
+    plot_table(build_table(results, ["train_samples_per_s", "accuracy"]), tmp_path / "plot.png")
+    assert drawn[0] == pytest.approx([np.std([100, 120], ddof=1), 0.0])
+    assert drawn[1] == pytest.approx([np.std([0.8, 0.9], ddof=1), 0.01])
+
+
+def test_a_setting_only_some_runs_have_is_a_difference(tmp_path):
+    results = write(tmp_path, make_result("old"), make_result("new", recipe={"model.compile": True}))
+    assert [row["differs"] for row in build_table(results, ["mfu"]).rows] == ["", "model.compile=true"]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
+import scipy.stats
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -16,7 +18,13 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from harness.metrics import classification_metrics, max_prob_distribution, threshold_sweep, top_k_predictions
+from harness.metrics import (
+    classification_metrics,
+    macro_f1,
+    max_prob_distribution,
+    threshold_sweep,
+    top_k_predictions,
+)
 
 NAMES5 = ["a", "b", "c", "d", "e"]
 
@@ -53,7 +61,7 @@ def result(problem):
 def test_scalars_match_sklearn(problem, result):
     labels, probs = problem
     preds = probs.argmax(axis=1)
-    kw = {"labels": range(5), "zero_division": 0}
+    kw = {"zero_division": 0}  # scikit-learn's own label set: the classes present
     assert result["num_samples"] == 500
     assert result["accuracy"] == pytest.approx(accuracy_score(labels, preds))
     assert result["f1_macro"] == pytest.approx(f1_score(labels, preds, average="macro", **kw))
@@ -90,7 +98,40 @@ def test_f1_macro_stderr_is_seeded_and_small(problem, result):
     assert again["f1_macro_stderr"] == result["f1_macro_stderr"]
     assert other["f1_macro_stderr"] != result["f1_macro_stderr"]
     assert 0 < result["f1_macro_stderr"] < 0.1
-    assert classification_metrics(labels, probs, NAMES5, bootstrap_samples=0)["f1_macro_stderr"] is None
+    unbooted = classification_metrics(labels, probs, NAMES5, bootstrap_samples=0)
+    assert unbooted["f1_macro_stderr"] is None and unbooted["f1_macro_ci95"] is None
+
+
+def test_f1_macro_interval_is_scipys_bootstrap_of_sklearns_f1(problem, result):
+    labels, probs = problem
+    preds = probs.argmax(axis=1)
+    direct = scipy.stats.bootstrap(
+        (labels, preds), lambda true, pred: f1_score(true, pred, average="macro", zero_division=0),
+        paired=True, vectorized=False, n_resamples=100, method="percentile", rng=np.random.default_rng(7),
+    )  # fmt: skip
+    ci = direct.confidence_interval
+    assert result["f1_macro_ci95"] == pytest.approx([ci.low, ci.high])
+    assert result["f1_macro_stderr"] == pytest.approx(direct.standard_error)
+    assert ci.low < result["f1_macro"] < ci.high
+
+
+def test_accuracy_interval_is_wilson(result):
+    n, p = 500, result["accuracy"]
+    z = NormalDist().inv_cdf(0.975)
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    assert result["accuracy_ci95"] == pytest.approx([centre - half, centre + half])
+
+
+@pytest.mark.parametrize("batch", [(), (7,), (3, 4)])
+def test_vectorised_macro_f1_matches_sklearn(batch):
+    rng = np.random.default_rng(len(batch))
+    labels = rng.integers(0, 6, size=(*batch, 40))
+    preds = np.where(rng.random(labels.shape) < 0.5, labels, rng.integers(0, 8, size=labels.shape))  # 6, 7: never true
+    scores = macro_f1(labels, preds)
+    assert scores.shape == batch
+    for index in np.ndindex(batch):
+        assert scores[index] == pytest.approx(f1_score(labels[index], preds[index], average="macro", zero_division=0))
 
 
 def test_result_is_plain_json(result):
@@ -146,10 +187,28 @@ def test_absent_class_still_reported():
     matrix = np.array(result["confusion_matrix"]["matrix"])
     assert matrix.shape == (3, 3)
     assert matrix[2].sum() == 0 and matrix[:, 2].sum() == 0
-    # macro-F1 averages over all 3 classes, absent one counting as 0
+    # macro-F1 averages over the 2 classes present, not counting the absent one as 0
     preds = probs.argmax(axis=1)
-    two_class = f1_score(labels, preds, labels=[0, 1], average="macro", zero_division=0)
-    assert result["f1_macro"] == pytest.approx(two_class * 2 / 3)
+    assert result["f1_macro"] == pytest.approx(f1_score(labels, preds, labels=[0, 1], average="macro"))
+    assert result["labels_averaged"] == ["a", "b"]
+
+
+def test_perfect_predictions_with_an_absent_class_score_one():
+    labels = np.array([0, 2, 2, 0, 2, 0])  # class "b" absent from this split
+    probs = np.eye(3)[labels] * 0.8 + 0.2 / 3
+    result = classification_metrics(labels, probs, ["a", "b", "c"], bootstrap_samples=50)
+    assert result["f1_macro"] == 1.0 == f1_score(labels, labels, average="macro")
+    assert result["precision_macro"] == result["recall_macro"] == result["f1_weighted"] == 1.0
+    assert result["labels_averaged"] == ["a", "c"]
+    assert result["f1_macro_ci95"] == [1.0, 1.0] and result["f1_macro_stderr"] == 0.0
+
+
+def test_averages_include_classes_only_predicted():
+    labels = np.array([0, 0, 1, 1])
+    probs = np.eye(3)[[0, 2, 1, 1]]  # class "c" is predicted once, never true
+    result = classification_metrics(labels, probs, ["a", "b", "c"], bootstrap_samples=10)
+    assert result["labels_averaged"] == ["a", "b", "c"]
+    assert result["f1_macro"] == pytest.approx((2 / 3 + 1 + 0) / 3)  # F1 a: 2*1/(2*1+0+1); b: 1; c: 0
 
 
 def test_binary_top2_is_one():
