@@ -7,14 +7,18 @@ short, and a batch padded to its own longest text wastes far less compute than o
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
+from torch.utils.data import Dataset as TorchDataset
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
@@ -46,17 +50,27 @@ class LabelInfo:
 # --------------------------------------------------------------------------- loading
 
 
-def load_raw(spec: DataSpec) -> DatasetDict:
-    """The splits the recipe names, as a DatasetDict with keys among train/validation/test."""
+def load_raw(spec: DataSpec) -> tuple[DatasetDict, str | None]:
+    """The splits the recipe names, as a DatasetDict with keys among train/validation/test, and the Hub commit
+    of the data set (None for local files)."""
     if spec.source == "hub":
         wanted = {"train": spec.train_split, "validation": spec.validation_split, "test": spec.test_split}
-        loaded = datasets.load_dataset(spec.name, spec.config_name)
+        loaded, commit = load_hub_dataset(spec)
         missing = [f"{key}_split: '{name}'" for key, name in wanted.items() if name and name not in loaded]
         if missing:
             raise DataError(f"data.{missing[0]} is not in {spec.name} (it has: {', '.join(loaded)})")
-        return DatasetDict({key: loaded[name] for key, name in wanted.items() if name})
+        return DatasetDict({key: loaded[name] for key, name in wanted.items() if name}), commit
     files = {"train": spec.train_file, "validation": spec.validation_file, "test": spec.test_file}
-    return load_files({key: path for key, path in files.items() if path}, spec.source)
+    return load_files({key: path for key, path in files.items() if path}, spec.source), None
+
+
+def load_hub_dataset(spec: DataSpec) -> tuple[DatasetDict, str | None]:
+    """A Hub data set and the commit it resolved to: what `datasets.load_dataset` does, with the builder kept,
+    whose hash is the repository commit for Hub data sets (also when read offline from the cache). A local
+    folder has no commit (its builder hash only fingerprints its files)."""
+    builder = datasets.load_dataset_builder(spec.name, spec.config_name, revision=spec.revision)
+    builder.download_and_prepare()
+    return builder.as_dataset(), None if Path(spec.name).exists() else builder.hash
 
 
 def load_files(files: dict[str, str], source: str) -> DatasetDict:
@@ -179,19 +193,41 @@ def take_subsets(data: DatasetDict, max_train: int | None, max_eval: int | None,
     return result
 
 
-def load_labelled(spec: DataSpec, seed: int) -> tuple[DatasetDict, LabelInfo]:
-    """Raw splits → checked, label-encoded train/validation(/test), subsets applied. No tokenising yet."""
-    data = load_raw(spec)
+@dataclass
+class Labelled:
+    """Checked, label-encoded splits with what identifies them: the label names, the Hub commit of the data set
+    (None for local files) and a content fingerprint of each split."""
+
+    splits: DatasetDict
+    labels: LabelInfo
+    commit: str | None
+
+    def fingerprints(self) -> dict[str, str]:
+        return {split: fingerprint(ds) for split, ds in self.splits.items()}
+
+
+def fingerprint(ds: Dataset) -> str:
+    """SHA-256 of a split's texts and labels in order: equal fingerprints, the same examples (whatever the
+    file or cache they came from), so two runs' predictions can be compared row by row."""
+    columns = ds.select_columns(["text", "labels"]).to_dict()  # plain lists
+    content = json.dumps([columns["text"], columns["labels"]], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def load_labelled(spec: DataSpec) -> Labelled:
+    """Raw splits → checked, label-encoded train/validation(/test), subsets applied. No tokenising yet.
+    The validation split and the subsets are drawn with data.seed, never with the training seed."""
+    data, commit = load_raw(spec)
     check_columns(data, spec)
     check_texts(data, spec.text_column)
     labels = LabelInfo(label_names_from_train(data["train"], spec.label_column))
     data = encode_labels(data, spec.label_column, labels.names)
     if "validation" not in data:
-        data = carve_validation(data, spec.validation_fraction, seed)
-    data = take_subsets(data, spec.max_train_samples, spec.max_eval_samples, seed)
+        data = carve_validation(data, spec.validation_fraction, spec.seed)
+    data = take_subsets(data, spec.max_train_samples, spec.max_eval_samples, spec.seed)
     if spec.text_column != "text":
         data = data.rename_column(spec.text_column, "text")
-    return data, labels
+    return Labelled(data, labels, commit)
 
 
 # --------------------------------------------------------------------------- tokenising
@@ -224,25 +260,40 @@ def tokenize(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, spec: DataSp
 # --------------------------------------------------------------------------- batching
 
 
-class LengthGroupedBatches(Sampler[list[int]]):
-    """Batches of similar length, re-shuffled each epoch (transformers' length grouping, as batches).
+class EpochOrder(Sampler[int]):
+    """The order of one epoch's training samples, drawn anew for each epoch from the seed and the epoch.
 
-    Indices are shuffled, cut into mega-batches of ~50 batches, each mega-batch sorted by length, then cut
-    into batches. Accelerate shards these batches across processes; set_epoch re-seeds the shuffle.
+    Length-grouped (transformers' get_length_grouped_indices: shuffled mega-batches of 50 batches, each sorted
+    by length, the longest batch first so that running out of memory shows at once) or plainly shuffled. A
+    torch BatchSampler cuts the order into batches and accelerate deals them out to the processes in turn;
+    accelerate passes set_epoch on to this sampler through both wrappers.
+
+    With several processes every process must take the same number of full batches, so the order is evened
+    out to whole rounds of batch_size x num_processes samples by repeating its first samples (what accelerate's
+    even_batches would do). A repeat is yielded as index + len(dataset): RepeatMarked reads it as that sample,
+    marked, and the collator counts it apart, so a sample is never counted twice in the training numbers.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool, num_processes: int):
         self.lengths = lengths
         self.batch_size = batch_size
         self.seed = seed
         self.group_by_length = group_by_length
+        self.num_processes = num_processes
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def num_repeats(self) -> int:
+        if self.num_processes == 1:
+            return 0  # one process: the last batch may simply be short
+        round_size = self.batch_size * self.num_processes
+        return -len(self.lengths) % round_size
+
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        return len(self.lengths) + self.num_repeats
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -250,36 +301,63 @@ class LengthGroupedBatches(Sampler[list[int]]):
             order = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
         else:
             order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        for start in range(0, len(order), self.batch_size):
-            yield order[start : start + self.batch_size]
+        n = len(order)
+        yield from order
+        yield from (order[i % n] + n for i in range(self.num_repeats))
+
+
+class RepeatMarked(TorchDataset):
+    """A tokenised split read by index; an index >= len(split) is a repeat of sample index - len(split)."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        n = len(self.ds)
+        rows = self.ds.__getitems__([i % n for i in indices])  # one read for the whole batch
+        return [{**row, "repeat": i >= n} for row, i in zip(rows, indices)]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
 
 
 class CountingCollator:
-    """Pads a batch to its longest sequence and counts real and padded tokens on the host."""
+    """Pads a batch to its longest sequence and counts, on the host, what it holds: samples and real tokens
+    of first-time samples, repeats apart, and every position the model will compute (padded tokens)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         lengths = [f.pop("length") for f in features]
+        repeats = [f.pop("repeat", False) for f in features]
         batch = self.pad(features)
+        first_time = [n for n, repeat in zip(lengths, repeats) if not repeat]
         batch["counts"] = BatchCounts(
-            samples=len(lengths),
-            real_tokens=sum(lengths),
+            samples=len(first_time),
+            real_tokens=sum(first_time),
             padded_tokens=int(batch["input_ids"].numel()),
-            sum_len_sq=sum(n * n for n in lengths),
+            repeated_samples=sum(repeats),
+            lengths=first_time,
         )
         return batch
 
 
-def train_loader(ds: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, seed: int, grouped: bool):
-    sampler = LengthGroupedBatches(list(ds["length"]), batch_size, seed, grouped)  # a list: Column reads are slow
-    return DataLoader(ds, batch_sampler=sampler, collate_fn=CountingCollator(tokenizer))
+def train_loader(ds: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, seed: int, grouped: bool,
+                 num_processes: int) -> DataLoader:  # fmt: skip
+    order = EpochOrder(list(ds["length"]), batch_size, seed, grouped, num_processes)  # a list: Column reads are slow
+    batches = BatchSampler(order, batch_size, drop_last=False)
+    return DataLoader(RepeatMarked(ds), batch_sampler=batches, collate_fn=CountingCollator(tokenizer))
 
 
 def eval_loader(ds: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int) -> DataLoader:
-    """Evaluation in order of length (longest first) so batches carry little padding; order is irrelevant
-    to the metrics because labels travel with their predictions."""
+    """Evaluation in order of length (longest first) so batches carry little padding. Each sample carries its
+    row number in the split, so predictions can be put back in the split's order."""
+    if "row" not in ds.column_names:
+        ds = ds.add_column("row", list(range(len(ds))))
     lengths = list(ds["length"])
     order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
     return DataLoader(ds.select(order), batch_size=batch_size, collate_fn=CountingCollator(tokenizer))

@@ -54,32 +54,64 @@ def load_model(spec: ModelSpec, labels: LabelInfo, attn_implementation: str) -> 
     )
 
 
+def numel(parameter: torch.nn.Parameter) -> int:
+    """Elements of a parameter; under DeepSpeed ZeRO-3 a partitioned parameter is empty here and keeps its
+    full size in ds_numel."""
+    return getattr(parameter, "ds_numel", parameter.numel())
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(all parameters, non-embedding parameters): embedding tables are lookups, not multiply-adds."""
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(numel(p) for p in model.parameters())
     embedding = sum(
-        p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False)
+        numel(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False)
     )
     return total, total - embedding
 
 
+def per_sequence_modules(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """The modules that run once per sequence, on the pooled vector: everything outside the encoder (the
+    classifier head) and the encoder's own pooler where it has one (BERT)."""
+    base = model.base_model
+    pooler = getattr(base, "pooler", None)
+    return [m for m in model.children() if m is not base] + ([pooler] if isinstance(pooler, torch.nn.Module) else [])
+
+
+def attention_windows(config: PretrainedConfig) -> list[int | None]:
+    """Per layer, how many keys a query attends to: None for global attention; ModernBERT's sliding layers see
+    config.local_attention tokens."""
+    kinds = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    return [config.local_attention if kind == "sliding_attention" else None for kind in kinds]
+
+
 def flops_model(model: PreTrainedModel) -> FlopsModel:
     _, non_embedding = count_parameters(model)
-    config = model.config
+    per_sequence = sum(numel(p) for m in per_sequence_modules(model) for p in m.parameters())
     return FlopsModel(
-        non_embedding_params=non_embedding,
-        num_layers=config.num_hidden_layers,
-        hidden_size=config.hidden_size,
+        per_token_params=non_embedding - per_sequence,
+        per_sequence_params=per_sequence,
+        hidden_size=model.config.hidden_size,
+        attention_windows=attention_windows(model.config),
     )
 
 
+def decay_parameter_names(model: torch.nn.Module) -> set[str]:
+    """The parameters that get weight decay, by the HF Trainer's own rule (names and layer types, not shapes,
+    so it holds for ZeRO-3's flattened partitions): no decay for biases and normalisation weights."""
+    from transformers import Trainer
+
+    return set(Trainer.get_decay_parameter_names(None, model))  # uses no Trainer state
+
+
 def describe_model(model: PreTrainedModel) -> dict[str, Any]:
-    """What is loaded, read back from the model itself rather than from the recipe."""
+    """What is loaded, read back from the model itself rather than from the recipe (pass the prepared model:
+    its parameters are on the device, in the dtype DeepSpeed or FSDP chose)."""
     total, non_embedding = count_parameters(model)
     parameter = next(model.parameters())
     return {
         "model_class": type(model).__name__,
         "model_type": model.config.model_type,
+        "model_commit": getattr(model.config, "_commit_hash", None),  # the Hub commit; None for local folders
         "attn_implementation": model.config._attn_implementation,
         "parameter_dtype": str(parameter.dtype).removeprefix("torch."),
         "parameter_device": str(parameter.device),

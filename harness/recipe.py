@@ -28,6 +28,7 @@ REPO_RECIPES = PACKAGE_ROOT.parent / "recipes"
 
 AttnImpl = Literal["eager", "sdpa", "flash_attention_2", "flex_attention"]
 Dtype = Literal["fp32", "fp16", "bf16"]
+MIXED_PRECISION = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}  # precision.dtype -> accelerate's autocast mode
 
 
 YAML_BOOL_WORDS = {False: ("no", "off"), True: ("yes", "on")}
@@ -63,6 +64,7 @@ class DataSpec:
     source: Literal["hub", "csv", "json", "parquet"] = "hub"
     name: str | None = None  # Hub dataset id (source: hub)
     config_name: str | None = None
+    revision: str | None = None  # Hub branch, tag or commit; the commit that ran is recorded either way
     train_split: str = "train"
     validation_split: str | None = "validation"  # null: carve a stratified split from train
     test_split: str | None = None
@@ -80,6 +82,9 @@ class DataSpec:
     # "chunk": pad at tokenisation time to the longest text of each 1000-row chunk,
     # as `dataset.map(tokenizer(padding=True), batched=True)` scripts do (a baseline).
     padding: Literal["batch", "chunk"] = "batch"
+    # the validation split carved from train and the subsets: fixed, so that runs with other train.seed values
+    # (repeats) are evaluated on the same data
+    seed: int = 42
 
     def check(self) -> None:
         if self.source == "hub" and not self.name:
@@ -125,7 +130,7 @@ class TrainSpec:
     optimizer: Literal["adamw"] = "adamw"
     fused: Literal["auto", "on", "off"] = "auto"  # auto: fused AdamW where the device supports it
     max_grad_norm: float | None = 1.0
-    seed: int = 42
+    seed: int = 42  # weight initialisation, dropout and batch order (data.seed fixes the evaluation data)
     eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
     eval_steps: int | None = None
     metric_for_best_model: Literal[
@@ -193,8 +198,8 @@ class HardwareSpec:
             raise RecipeError("hardware.collective_timeout_s: must be at least 10 seconds")
 
     @property
-    def launched(self) -> bool:
-        """True when the run needs `accelerate launch` (several processes, DeepSpeed or FSDP)."""
+    def distributed(self) -> bool:
+        """True when the run has a process group (several processes, DeepSpeed or FSDP), started by torch elastic."""
         return self.num_processes > 1 or self.deepspeed is not None or self.fsdp is not None
 
 
@@ -230,9 +235,15 @@ class Recipe:
 
     @property
     def hash(self) -> str:
-        """Short content hash of the resolved recipe: equal hashes, equal configuration."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Short content hash of what the recipe runs: equal hashes, equal configuration. The description and
+        the output folders change no number, so they are left out."""
+        content = {key: value for key, value in self.to_dict().items() if key not in ("description", "output")}
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def with_seed(self, seed: int) -> Recipe:
+        """The same recipe with another train.seed (a repeat); the evaluation data stay fixed by data.seed."""
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, seed=seed))
 
 
 # --------------------------------------------------------------------------- building

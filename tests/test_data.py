@@ -6,6 +6,7 @@ from the code under test.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -13,15 +14,19 @@ import pandas as pd
 import pytest
 from datasets import Dataset, DatasetDict
 
+from accelerate.data_loader import prepare_data_loader
+from torch.utils.data import BatchSampler
+
 from harness.data import (
     CLASSIC_CHUNK_ROWS,
     CountingCollator,
     DataError,
-    LengthGroupedBatches,
+    EpochOrder,
     eval_loader,
-    train_loader,
+    fingerprint,
     load_labelled,
     tokenize,
+    train_loader,
 )
 from harness.recipe import DataSpec
 
@@ -58,6 +63,12 @@ def spec(source: str = "csv", **fields) -> DataSpec:
     return DataSpec(source=source, **fields)
 
 
+def load(data_spec: DataSpec, seed: int = 0):
+    """The labelled splits and label info, drawn with data.seed = seed."""
+    labelled = load_labelled(dataclasses.replace(data_spec, seed=seed))
+    return labelled.splits, labelled.labels
+
+
 def expected_ids(labels: pd.Series, names: list[str]) -> list[int]:
     return pd.Categorical(labels, categories=names).codes.tolist()
 
@@ -74,7 +85,7 @@ def test_each_file_type_loads_the_same_rows(tmp_path, train_df, test_df, source)
     if source == "parquet":
         pytest.importorskip("pyarrow")
     train, validation = train_df.iloc[:300], test_df.iloc[:100]
-    data, labels = load_labelled(spec(source, **files(tmp_path, source, train=train, validation=validation)), seed=0)
+    data, labels = load(spec(source, **files(tmp_path, source, train=train, validation=validation)), seed=0)
     names = sorted(train_df["label"].unique())
     assert labels.names == names
     assert set(data) == {"train", "validation"}
@@ -84,7 +95,7 @@ def test_each_file_type_loads_the_same_rows(tmp_path, train_df, test_df, source)
 
 
 def test_label_encoding_sorted_names_and_consistent_maps(tmp_path, train_df, test_df):
-    data, labels = load_labelled(spec(**files(tmp_path, train=train_df, test=test_df), validation_fraction=0.1), 0)
+    data, labels = load(spec(**files(tmp_path, train=train_df, test=test_df), validation_fraction=0.1), 0)
     names = sorted(set(train_df["label"]))
     assert len(names) == 10 and labels.names == names
     assert labels.id2label == {i: name for i, name in enumerate(names)}
@@ -103,14 +114,14 @@ def test_label_encoding_sorted_names_and_consistent_maps(tmp_path, train_df, tes
 
 def test_integer_labels_are_named_as_text(tmp_path):
     df = pd.DataFrame({"text": [f"row {i}" for i in range(8)], "label": [0, 1, 2, 1, 0, 2, 1, 0]})
-    data, labels = load_labelled(spec(**files(tmp_path, train=df, validation=df)), 0)
+    data, labels = load(spec(**files(tmp_path, train=df, validation=df)), 0)
     assert labels.names == ["0", "1", "2"]
     assert data["train"]["labels"] == df["label"].tolist()
 
 
 def test_custom_columns_are_renamed(tmp_path, train_df):
     df = train_df.iloc[:40].rename(columns={"text": "utterance", "label": "intent"})
-    data, labels = load_labelled(
+    data, labels = load(
         spec(**files(tmp_path, train=df, validation=df), text_column="utterance", label_column="intent"), 0
     )
     assert data["train"]["text"] == df["utterance"].tolist()
@@ -124,14 +135,14 @@ def test_custom_columns_are_renamed(tmp_path, train_df):
 def test_eval_label_absent_from_train_is_named(tmp_path, train_df, test_df):
     train = train_df[train_df["label"] != "card_arrival"]
     with pytest.raises(DataError) as info:
-        load_labelled(spec(**files(tmp_path, train=train, test=test_df)), 0)
+        load(spec(**files(tmp_path, train=train, test=test_df)), 0)
     assert "test split" in str(info.value) and "card_arrival" in str(info.value)
 
 
 def test_single_class_in_train(tmp_path, train_df):
     train = train_df[train_df["label"] == "change_pin"]
     with pytest.raises(DataError) as info:
-        load_labelled(spec(**files(tmp_path, train=train)), 0)
+        load(spec(**files(tmp_path, train=train)), 0)
     assert "single class" in str(info.value) and "change_pin" in str(info.value)
 
 
@@ -151,7 +162,7 @@ def test_empty_or_missing_text_names_split_and_row(tmp_path, train_df, source, s
         lines[7] = lines[7].replace('"text":null,', "")
         path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError) as info:
-        load_labelled(spec(source, **frame_files), 0)
+        load(spec(source, **frame_files), 0)
     message = str(info.value)
     assert message.startswith(f"{split} split:")
     assert "(rows 7)" in message and "'text'" in message
@@ -160,7 +171,7 @@ def test_empty_or_missing_text_names_split_and_row(tmp_path, train_df, source, s
 @pytest.mark.parametrize(("field", "value"), [("text_column", "utterance"), ("label_column", "intent")])
 def test_missing_column_names_the_field_and_lists_columns(tmp_path, train_df, field, value):
     with pytest.raises(DataError) as info:
-        load_labelled(spec(**files(tmp_path, train=train_df.iloc[:30]), **{field: value}), 0)
+        load(spec(**files(tmp_path, train=train_df.iloc[:30]), **{field: value}), 0)
     message = str(info.value)
     assert message.startswith(f"data.{field}: column '{value}'")
     assert "columns: text, label" in message
@@ -169,13 +180,13 @@ def test_missing_column_names_the_field_and_lists_columns(tmp_path, train_df, fi
 def test_a_class_with_one_example_cannot_be_carved(tmp_path, train_df):
     train = pd.concat([train_df[train_df["label"] != "exchange_rate"], train_df[train_df["label"] == "exchange_rate"][:1]])
     with pytest.raises(DataError) as info:
-        load_labelled(spec(**files(tmp_path, train=train), validation_fraction=0.1), 0)
+        load(spec(**files(tmp_path, train=train), validation_fraction=0.1), 0)
     assert "exchange_rate" in str(info.value) and "data.validation_file" in str(info.value)
 
 
 def test_a_validation_fraction_smaller_than_the_class_count(tmp_path, train_df):
     with pytest.raises(DataError) as info:
-        load_labelled(spec(**files(tmp_path, train=train_df), validation_fraction=0.01), 0)
+        load(spec(**files(tmp_path, train=train_df), validation_fraction=0.01), 0)
     assert "data.validation_fraction" in str(info.value) and "10 classes" in str(info.value)
 
 
@@ -184,15 +195,15 @@ def test_a_validation_fraction_smaller_than_the_class_count(tmp_path, train_df):
 
 def test_stratified_validation_split(tmp_path, train_df):
     data_spec = spec(**files(tmp_path, train=train_df), validation_fraction=0.1)
-    data, labels = load_labelled(data_spec, seed=42)
+    data, labels = load(data_spec, seed=42)
     assert (len(data["train"]), len(data["validation"])) == (540, 60)
     assert Counter(data["validation"]["labels"]) == {i: 6 for i in range(10)}
     assert Counter(data["train"]["labels"]) == {i: 54 for i in range(10)}
     # a partition of the original rows
     assert sorted([*data["train"]["text"], *data["validation"]["text"]]) == sorted(train_df["text"])
-    again, _ = load_labelled(data_spec, seed=42)
+    again, _ = load(data_spec, seed=42)
     assert again["validation"]["text"] == data["validation"]["text"]
-    other, _ = load_labelled(data_spec, seed=7)
+    other, _ = load(data_spec, seed=7)
     assert set(other["validation"]["text"]) != set(data["validation"]["text"])
     assert Counter(other["validation"]["labels"]) == {i: 6 for i in range(10)}
 
@@ -200,16 +211,16 @@ def test_stratified_validation_split(tmp_path, train_df):
 def test_subsets_take_exactly_n_rows_deterministically(tmp_path, train_df, test_df):
     data_spec = spec(**files(tmp_path, train=train_df, test=test_df), validation_fraction=0.1,
                      max_train_samples=100, max_eval_samples=25)  # fmt: skip
-    data, _ = load_labelled(data_spec, seed=3)
+    data, _ = load(data_spec, seed=3)
     assert {split: len(ds) for split, ds in data.items()} == {"train": 100, "validation": 25, "test": 25}
-    again, _ = load_labelled(data_spec, seed=3)
+    again, _ = load(data_spec, seed=3)
     for split in data:
         assert again[split]["text"] == data[split]["text"]
-    full, _ = load_labelled(spec(**files(tmp_path, train=train_df, test=test_df), validation_fraction=0.1), seed=3)
+    full, _ = load(spec(**files(tmp_path, train=train_df, test=test_df), validation_fraction=0.1), seed=3)
     for split in data:  # subsets of the very splits the full run uses
         assert set(data[split]["text"]) <= set(full[split]["text"])
         assert len(set(data[split]["text"])) == len(data[split]["text"])
-    bigger, _ = load_labelled(
+    bigger, _ = load(
         spec(**files(tmp_path, train=train_df, test=test_df), validation_fraction=0.1, max_eval_samples=1000), 3
     )
     assert (len(bigger["validation"]), len(bigger["test"])) == (60, 200)
@@ -280,35 +291,66 @@ def banking_lengths(minilm_tokenizer, train_df) -> list[int]:
     return token_counts(minilm_tokenizer, train_df["text"].tolist(), 128)
 
 
+def epoch_batches(order: EpochOrder, epoch: int = 0) -> list[list[int]]:
+    order.set_epoch(epoch)
+    return list(BatchSampler(order, order.batch_size, drop_last=False))
+
+
 @pytest.mark.parametrize("grouped", [True, False])
 def test_batches_cover_every_index_once_per_epoch(banking_lengths, grouped):
-    sampler = LengthGroupedBatches(banking_lengths, batch_size=32, seed=1, group_by_length=grouped)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 19
+    order = EpochOrder(banking_lengths, batch_size=32, seed=1, group_by_length=grouped, num_processes=1)
+    batches = epoch_batches(order)
+    assert len(batches) == 19 and len(order) == 600
     assert [len(b) for b in batches] == [32] * 18 + [600 - 18 * 32]
     assert sorted(flat(batches)) == list(range(600))
-    assert list(sampler) == batches  # same epoch, same order
-    sampler.set_epoch(1)
-    epoch1 = list(sampler)
+    assert epoch_batches(order) == batches  # same epoch, same order
+    epoch1 = epoch_batches(order, 1)
     assert sorted(flat(epoch1)) == list(range(600)) and flat(epoch1) != flat(batches)
-    sampler.set_epoch(0)
-    assert list(sampler) == batches
-    other_seed = list(LengthGroupedBatches(banking_lengths, 32, seed=2, group_by_length=grouped))
-    assert flat(other_seed) != flat(batches)
+    assert epoch_batches(order, 0) == batches
+    other_seed = EpochOrder(banking_lengths, 32, seed=2, group_by_length=grouped, num_processes=1)
+    assert flat(epoch_batches(other_seed)) != flat(batches)
 
 
 def test_length_grouping_cuts_padding_at_least_in_half(banking_lengths):
     def mean_padding(grouped: bool) -> float:
-        sampler = LengthGroupedBatches(banking_lengths, batch_size=16, seed=0, group_by_length=grouped)
-        totals = []
-        for epoch in range(5):
-            sampler.set_epoch(epoch)
-            totals.append(padding_of(list(sampler), banking_lengths))
-        return sum(totals) / len(totals)
+        order = EpochOrder(banking_lengths, batch_size=16, seed=0, group_by_length=grouped, num_processes=1)
+        return sum(padding_of(epoch_batches(order, epoch), banking_lengths) for epoch in range(5)) / 5
 
     grouped, ungrouped = mean_padding(True), mean_padding(False)
     assert ungrouped > 0
     assert grouped * 2 <= ungrouped, (grouped, ungrouped)
+
+
+def rank_epochs(ds, tokenizer, rank: int, epochs: int = 2) -> list[list[dict]]:
+    """Rank `rank` of 2 processes: per epoch, each batch's rows and counts, through accelerate's own sharding."""
+    loader = train_loader(ds, tokenizer, batch_size=16, seed=0, grouped=True, num_processes=2)
+    shard = prepare_data_loader(loader, num_processes=2, process_index=rank, put_on_device=False)
+    seen = []
+    for epoch in range(epochs):
+        shard.set_epoch(epoch)
+        seen.append([{"rows": batch["row"].tolist(), "counts": batch["counts"]} for batch in shard])
+    return seen
+
+
+def test_two_processes_reshuffle_each_epoch_into_disjoint_equal_shards(minilm_tokenizer, train_df):
+    texts = train_df["text"].tolist()[:150]  # 150 = 4 rounds of 2 x 16 + 22: the last round needs 10 repeats
+    ds = tokenize(as_dataset(texts), minilm_tokenizer, DataSpec(name="x"))["train"]
+    ranks = [rank_epochs(ds, minilm_tokenizer, rank) for rank in (0, 1)]
+    for epoch in (0, 1):
+        batches = [ranks[r][epoch] for r in (0, 1)]
+        assert len(batches[0]) == len(batches[1]) == 5  # equal batch counts: no rank waits on a collective
+        assert all(len(b["rows"]) == 16 for rank in batches for b in rank)  # full batches everywhere
+        first_time = [set(), set()]
+        for r in (0, 1):
+            for b in batches[r]:
+                assert b["counts"].samples + b["counts"].repeated_samples == 16
+                first_time[r] |= set(b["rows"][: b["counts"].samples]) if b["counts"].repeated_samples else set(b["rows"])
+        assert not first_time[0] & first_time[1]  # disjoint shards
+        assert first_time[0] | first_time[1] == set(range(150))  # every sample once
+        assert sum(b["counts"].samples for rank in batches for b in rank) == 150
+        assert sum(b["counts"].repeated_samples for rank in batches for b in rank) == 160 - 150
+    for r in (0, 1):  # set_epoch reaches the sampler through accelerate's wrappers: a new order each epoch
+        assert [b["rows"] for b in ranks[r][0]] != [b["rows"] for b in ranks[r][1]]
 
 
 def test_counting_collator_counts(minilm_tokenizer, train_df):
@@ -318,16 +360,17 @@ def test_counting_collator_counts(minilm_tokenizer, train_df):
     for padding in ("batch", "chunk"):
         ds = tokenize(as_dataset(texts), minilm_tokenizer, DataSpec(name="x", padding=padding))["train"]
         rows = [3, 17, 0, 25, 39, 8]
-        batch = collate([ds[i] for i in rows])
+        batch = collate([{**ds[i], "repeat": i == 25} for i in rows])  # row 25 comes again to even out a round
         lengths = [counts[i] for i in rows]
+        first_time = [counts[i] for i in rows if i != 25]
         width = max(lengths) if padding == "batch" else max(counts)
         assert tuple(batch["input_ids"].shape) == (len(rows), width)
-        assert batch["counts"].samples == len(rows)
-        assert batch["counts"].real_tokens == int(batch["attention_mask"].sum()) == sum(lengths)
-        assert batch["counts"].padded_tokens == batch["input_ids"].numel() == len(rows) * width
-        assert batch["counts"].sum_len_sq == sum(n * n for n in lengths)
+        assert (batch["counts"].samples, batch["counts"].repeated_samples) == (5, 1)
+        assert batch["counts"].real_tokens == sum(first_time) == int(batch["attention_mask"].sum()) - counts[25]
+        assert batch["counts"].padded_tokens == batch["input_ids"].numel() == len(rows) * width  # repeats computed
+        assert batch["counts"].lengths == first_time
         assert batch["labels"].tolist() == [i % 3 for i in rows]
-        assert "length" not in batch
+        assert "length" not in batch and "repeat" not in batch
 
 
 def test_eval_loader_covers_every_row_once(minilm_tokenizer, train_df):
@@ -349,10 +392,31 @@ def test_train_loader_batches_count_every_real_token(minilm_tokenizer, train_df)
     texts = train_df["text"].tolist()[:100]
     counts = token_counts(minilm_tokenizer, texts)
     ds = tokenize(as_dataset(texts), minilm_tokenizer, DataSpec(name="x"))["train"]
-    loader = train_loader(ds, minilm_tokenizer, batch_size=16, seed=0, grouped=True)
-    assert isinstance(loader.batch_sampler.lengths, list)  # a plain list, not a slow datasets Column
+    loader = train_loader(ds, minilm_tokenizer, batch_size=16, seed=0, grouped=True, num_processes=1)
+    assert isinstance(loader.batch_sampler.sampler.lengths, list)  # a plain list, not a slow datasets Column
     rows, real = [], 0
     for batch in loader:
         rows += batch["row"].tolist()
         real += batch["counts"].real_tokens
     assert sorted(rows) == list(range(100)) and real == sum(counts)
+
+
+def test_fingerprint_follows_the_examples_not_the_file(tmp_path, train_df):
+    data, _ = load(spec(**files(tmp_path, train=train_df, validation=train_df.iloc[:50])))
+    copy_dir = tmp_path / "copy"
+    copy_dir.mkdir()
+    again, _ = load(spec("json", **files(copy_dir, "json", train=train_df, validation=train_df.iloc[:50])))
+    assert fingerprint(again["validation"]) == fingerprint(data["validation"])  # same rows, other file and format
+    assert fingerprint(data["validation"]) != fingerprint(data["validation"].select(range(49)))
+    relabelled = data["validation"].map(lambda row: {"labels": (row["labels"] + 1) % 10})
+    assert fingerprint(relabelled) != fingerprint(data["validation"])
+
+
+def test_a_hub_style_folder_loads_through_the_builder_and_has_no_commit(tmp_path, train_df, test_df):
+    """data.source: hub goes through datasets' builder (whose hash is the commit of a Hub repository); a local
+    folder given as the name has no commit to record, and its splits equal the same files read as CSV."""
+    paths = files(tmp_path, train=train_df, test=test_df)
+    hub = load_labelled(DataSpec(source="hub", name=str(tmp_path), validation_split=None, test_split="test"))
+    csv = load_labelled(spec(**paths))
+    assert hub.commit is None and csv.commit is None
+    assert hub.fingerprints() == csv.fingerprints()

@@ -354,3 +354,13 @@ def test_list_marks_invalid_recipes(tmp_path, capsys):
     bad = next(line for line in lines if line.startswith("bad "))
     assert "INVALID" in bad and "train.batch_size" in bad
     assert any(line.startswith("tiny ") for line in lines)  # good.yaml names itself "tiny"
+
+
+def test_the_hash_covers_what_runs_not_labels_or_folders():
+    base = load_recipe("minilm-banking77-cpu")
+    relabelled = load_recipe("minilm-banking77-cpu", ["description=another", "output.results_dir=elsewhere",
+                                                      "output.checkpoints_dir=/tmp/x"])  # fmt: skip
+    assert relabelled.hash == base.hash
+    assert base.with_seed(43).hash != base.hash and base.with_seed(43).train.seed == 43
+    assert load_recipe("minilm-banking77-cpu", ["data.seed=1"]).hash != base.hash
+    assert base.with_seed(43).data.seed == base.data.seed == 42  # repeats keep the evaluation data

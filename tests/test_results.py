@@ -51,7 +51,7 @@ def test_load_rejects_other_files_and_future_major_versions(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(ValueError, match="not a harness result"):
         load_result(tmp_path / "other.json")
-    future = make_result().to_dict() | {"schema_version": "2.0"}
+    future = make_result().to_dict() | {"schema_version": "3.0"}
     (tmp_path / "future.json").write_text(json.dumps(future))
     with pytest.raises(ValueError, match="not readable"):
         load_result(tmp_path / "future.json")
