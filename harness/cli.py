@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.recipe import REPO_RECIPES, RecipeError, find_recipe, load_recipe, recipe_files
+from harness.plan import Plan
+from harness.recipe import REPO_RECIPES, Recipe, RecipeError, find_recipe, load_recipe, recipe_files
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -48,22 +49,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.compare import compare
-    from harness.launcher import MachineRole, RunFailed, launch
-    from harness.plan import make_plan
+    from harness.launcher import MachineRole, RunFailed, check, launch
     from harness.results import result_path
 
     recipes = [load_recipe(name, args.set) for name in args.recipes]  # all validated before any run starts
+    plans = [plan for recipe in recipes for plan in repeat_plans(recipe, args.repeats, args.results_dir)]
+    for plan in plans:
+        check(plan)  # the stack and the data of every run, before the first one starts
     role = MachineRole(args.machine_rank, args.main_process_ip, args.main_process_port)
     paths, failed = [], 0
-    for recipe in recipes:
-        plan = make_plan(recipe, results_dir=args.results_dir)
-        print(f"run {plan.run_id}: recipe {recipe.name} (hash {recipe.hash})", flush=True)
+    for plan in plans:
+        seed = f", seed {plan.recipe.train.seed}" if plan.repeats else ""
+        print(f"run {plan.run_id}: recipe {plan.recipe.name} (hash {plan.recipe.hash}{seed})", flush=True)
         try:
-            paths.append(launch(plan, role))
+            paths.append(launch(plan, role, checked=True))
         except RunFailed as error:
             print(f"FAILED: {error}", file=sys.stderr, flush=True)
             failed += 1
-            paths.append(result_path(Path(plan.results_dir), recipe.name, plan.run_id))
+            paths.append(result_path(Path(plan.results_dir), plan.recipe.name, plan.run_id))
         print(f"result: {paths[-1]}", flush=True)
     existing = [str(p) for p in paths if p.is_file()]  # machines other than rank 0 write no results
     if existing:
@@ -72,16 +75,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def repeat_plans(recipe: Recipe, repeats: int, results_dir: str | None) -> list[Plan]:
+    """One plan, or one per seed train.seed .. train.seed + repeats - 1, tagged as one group; data.seed stays,
+    so every repeat trains and is evaluated on the same data."""
+    from harness.plan import make_plan
+    from harness.results import new_run_id
+
+    if repeats == 1:
+        return [make_plan(recipe, results_dir=results_dir)]
+    group = new_run_id(recipe.name)
+    return [
+        make_plan(recipe.with_seed(recipe.train.seed + i), results_dir=results_dir,
+                  repeats={"group": group, "index": i, "count": repeats})
+        for i in range(repeats)
+    ]  # fmt: skip
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.compare import DEFAULT_METRICS, RENDERERS, compare_table, plot_table
 
     metrics = args.metrics.split(",") if args.metrics else DEFAULT_METRICS
     try:
-        table = compare_table(args.paths, metrics, split=args.split, baseline=args.baseline, ratio_of=args.ratio_of)
+        table = compare_table(args.paths, metrics, split=args.split, baseline=args.baseline, ratio_of=args.ratio_of,
+                              per_run=args.per_run)  # fmt: skip
     except ValueError as error:  # unknown metric or baseline; the message lists the valid ones
         raise HarnessError(str(error)) from None
     text = RENDERERS[args.format](table)
     print(text, end="" if text.endswith("\n") else "\n")
+    if args.format != "markdown":  # markdown prints its notes under the table; keep CSV and JSON parseable
+        for note in table.notes:
+            print(f"note: {note}", file=sys.stderr)
     if args.plot:
         print(f"plot: {plot_table(table, args.plot)}")
     return 0
@@ -105,6 +128,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a recipe value, e.g. --set train.learning_rate=3e-5 (repeatable)")
     run.add_argument("--results-dir", help="where result files go (default: the recipe's output.results_dir)")
+    run.add_argument("--repeats", type=positive, default=1, metavar="N",
+                     help="run each recipe N times with seeds train.seed .. train.seed+N-1, each in its own "
+                          "process, as one group: compare shows their mean ± std")  # fmt: skip
     multi = run.add_argument_group("multi-machine runs (hardware.num_machines > 1): run on every machine")
     multi.add_argument("--machine-rank", type=int, default=0, help="this machine's rank (0 writes the results)")
     multi.add_argument("--main-process-ip", help="address of the machine of rank 0")
@@ -136,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--split", default="auto", help="accuracy split: test, validation or auto (test if present)")
     comp.add_argument("--baseline", help="run id, unique prefix or row number to compute ratios against")
     comp.add_argument("--ratio-of", default="train_samples_per_s", help="metric of the ratio column")
+    comp.add_argument("--per-run", action="store_true",
+                      help="one row per run, also for the runs of a --repeats group (default: their mean ± std)")
     comp.add_argument("--plot", type=Path, help="also draw the metrics as bar charts into this image (matplotlib)")
     comp.set_defaults(func=cmd_compare)
 

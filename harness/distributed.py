@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.recipe import Recipe
+from harness.recipe import MIXED_PRECISION, Recipe
 
 SHIPPED_DEEPSPEED = {name: Path(__file__).parent / "deepspeed" / f"{name}.json" for name in ("zero2", "zero3")}
 DEEPSPEED_INSTALL = "DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed  (or: pip install 'harness[deepspeed]')"
@@ -87,7 +87,6 @@ def accelerate_config(recipe: Recipe, deepspeed_file: Path | None) -> dict[str, 
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": distributed_type(recipe, deepspeed_file),
-        "mixed_precision": {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[recipe.precision.dtype],
         "num_processes": hardware.num_processes,  # total over all machines
         "num_machines": hardware.num_machines,
         "machine_rank": 0,
@@ -95,7 +94,9 @@ def accelerate_config(recipe: Recipe, deepspeed_file: Path | None) -> dict[str, 
         "same_network": True,
         "use_cpu": False,  # CPU runs set ACCELERATE_USE_CPU=1 instead, which keeps torchrun as the launcher
     }
-    if deepspeed_file:
+    if not deepspeed_file:  # DeepSpeed takes bf16/fp16 from its JSON and refuses a second source for it
+        config["mixed_precision"] = MIXED_PRECISION[recipe.precision.dtype]
+    else:
         stage = json.loads(deepspeed_file.read_text()).get("zero_optimization", {}).get("stage")
         config["deepspeed_config"] = {"deepspeed_config_file": str(deepspeed_file), "zero3_init_flag": stage == 3}
     if hardware.fsdp:

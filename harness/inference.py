@@ -20,9 +20,9 @@ from harness.environment import collect_environment
 from harness.evaluation import Evaluation, evaluate
 from harness.metrics import top_k_predictions
 from harness.modeling import describe_model
-from harness.recipe import DataSpec, recipe_from_dict
+from harness.recipe import MIXED_PRECISION, DataSpec, recipe_from_dict
 from harness.results import RunResult, new_run_id, save_result, utc_now
-from harness.train import CHECKPOINT_INFO
+from harness.checkpoints import CHECKPOINT_INFO
 
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
@@ -38,9 +38,22 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
-def load_checkpoint(path: str | Path):
-    """Model and tokenizer of a saved checkpoint: loaded only once the input has been checked."""
-    return AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+def load_checkpoint(path: str | Path, info: dict[str, Any]) -> tuple[Accelerator, Any, Any]:
+    """An accelerator in the run's precision, and the checkpoint's model (prepared: on the device) and tokenizer;
+    loaded only once the input has been checked."""
+    accelerator = Accelerator(mixed_precision=run_precision(info))
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    return accelerator, accelerator.prepare_model(model, evaluation_mode=True), AutoTokenizer.from_pretrained(path)
+
+
+def run_precision(info: dict[str, Any]) -> str:
+    """The autocast mode the checkpoint's run trained and evaluated in (fp32 without a recipe), checked against
+    this machine, so that a checkpoint's evaluation equals the one inside its run."""
+    from harness.preflight import check_precision, resolve_device
+
+    dtype = info.get("recipe", {}).get("precision", {}).get("dtype", "fp32")
+    check_precision(dtype, resolve_device("auto"))
+    return MIXED_PRECISION[dtype]
 
 
 def read_file(file: str, text_column: str, label_column: str | None = None) -> DatasetDict:
@@ -56,9 +69,8 @@ def read_file(file: str, text_column: str, label_column: str | None = None) -> D
     return data.rename_column(text_column, "text") if text_column != "text" else data
 
 
-def _run_eval(model, tokenizer, data: DatasetDict, spec: DataSpec, batch_size: int) -> dict[str, Evaluation]:
-    accelerator = Accelerator()
-    model = accelerator.prepare_model(model, evaluation_mode=True)
+def _run_eval(accelerator: Accelerator, model, tokenizer, data: DatasetDict, spec: DataSpec,
+              batch_size: int) -> dict[str, Evaluation]:  # fmt: skip
     tokenized = tokenize(data, tokenizer, spec)
     device = accelerator.device.type
     return {
@@ -77,11 +89,11 @@ def predict(checkpoint: str, file: str, *, top_k: int, output: str | None, text_
     data = read_file(file, text_column)
     texts = data["file"]["text"]
     data = data.map(lambda _, i: {"row": i}, with_indices=True)
-    model, tokenizer = load_checkpoint(checkpoint)
+    accelerator, model, tokenizer = load_checkpoint(checkpoint, info)
     # the run's max_length, else the longest the model takes
     limit = info.get("recipe", {}).get("data", {}).get("max_length")
     spec = DataSpec(source="csv", train_file=file, max_length=limit or model.config.max_position_embeddings)
-    evaluation = _run_eval(model, tokenizer, data.select_columns(["text", "row"]), spec, batch_size)["file"]
+    evaluation = _run_eval(accelerator, model, tokenizer, data.select_columns(["text", "row"]), spec, batch_size)["file"]
     probs = evaluation.probs[np.argsort(evaluation.rows)]  # back to input order
     k = min(top_k, probs.shape[1])
     with out.open("x", newline="") as handle:  # "x": never overwrite an earlier predictions file
@@ -109,16 +121,16 @@ def evaluate_checkpoint(checkpoint: str, *, split: str | None, file: str | None,
     else:
         split_name = split or "test"
         spec = recipe.data
-        data, labels = load_labelled(spec, recipe.train.seed)
+        labelled = load_labelled(spec)
+        data, labels = labelled.splits, labelled.labels
         if labels.names != names:
             raise DataError(f"{checkpoint}: the data's labels differ from the checkpoint's ({names})")
         if split_name not in data:
             raise DataError(f"split '{split_name}' is not in the recipe's data (it has: {', '.join(data)})")
         data = DatasetDict({split_name: data[split_name]})
     data = data.select_columns(["text", "labels"])
-    model, tokenizer = load_checkpoint(checkpoint)
-    description = describe_model(model)
-    evaluation = _run_eval(model, tokenizer, data, spec, batch_size)[split_name]
+    accelerator, model, tokenizer = load_checkpoint(checkpoint, info)
+    evaluation = _run_eval(accelerator, model, tokenizer, data, spec, batch_size)[split_name]
     recipe_dict: dict[str, Any] = info.get("recipe", {})
     result = RunResult(
         run_id=new_run_id(f"eval-{info.get('run_id', Path(checkpoint).name)}"[:80]),
@@ -126,8 +138,9 @@ def evaluate_checkpoint(checkpoint: str, *, split: str | None, file: str | None,
         recipe_name=recipe.name if recipe else "eval",
         recipe_hash=recipe.hash if recipe else "",
         recipe=recipe_dict, started_at=started_at, finished_at=utc_now(),
-        ran={"device": model.device.type, "checkpoint": str(checkpoint),
-             "source_run_id": info.get("run_id"), "split": split_name, "file": file, **description},
+        ran={"device": accelerator.device.type, "mixed_precision": accelerator.mixed_precision,
+             "checkpoint": str(checkpoint), "source_run_id": info.get("run_id"), "split": split_name, "file": file,
+             **describe_model(model)},
         accuracy={split_name: evaluation.metrics(names)},
         training={"eval_wall_s": time.time() - start},
         environment=collect_environment(),

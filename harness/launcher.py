@@ -1,17 +1,18 @@
-"""Local launcher: starts a planned run in this process (one device), or under `accelerate launch` (several
-processes, several machines, or DeepSpeed), and records a failed run when any process fails.
+"""Local launcher: every run in processes of its own, started through `accelerate launch` (one process, several
+processes, several machines, DeepSpeed or FSDP alike), and a failed result when any process fails.
 
-Multi-process runs write into the run's folder (`<checkpoints_dir>/<recipe>/<run id>/`) the plan, the
-accelerate config and the DeepSpeed JSON they were launched with:
+A run's folder (`<checkpoints_dir>/<recipe>/<run id>/`) holds the plan, the accelerate config and the DeepSpeed
+JSON it was launched with, so any run can be started again by hand:
     accelerate launch --config_file RUN/accelerate.yaml --module harness.train --plan RUN/plan.json
+A process of its own per run: accelerate's state, the allocator's caches and the peak-memory counters of one run
+never reach the next, so the runs of one `harness run a b` command are as comparable as runs started apart.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import subprocess
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,11 @@ import yaml
 
 from harness.distributed import accelerate_config, deepspeed_config, launch_arguments
 from harness.errors import HarnessError
+from harness.failures import BAD_INPUT_EXIT, LAUNCHED_ENV, MAX_MESSAGE, record_failure
 from harness.plan import Plan
-from harness.results import RunResult, result_path, save_result, utc_now, write_new_json
+from harness.results import result_path, utc_now
 
-MAX_MESSAGE = 4000  # characters of an error message kept in a failed result
-LAUNCHED_ENV = "HARNESS_LAUNCHED"  # set for workers started here: the launcher records their failures
+ERROR_FILE = "error.json"  # a one-process run's exception (torch elastic's error file), in the run folder
 
 
 class RunFailed(RuntimeError):
@@ -52,38 +53,19 @@ class MachineRole:
     main_process_port: int | None = None
 
 
-def record_failure(plan: Plan, started_at: str, error: dict[str, Any]) -> Path:
-    """Write the run's result with status "failed" and what failed where. A resumable run may be retried
-    under the same run id, so its failed attempts are kept in its run folder instead of results/."""
-    from harness.environment import collect_environment
-
-    result = RunResult(
-        run_id=plan.run_id, kind="train", status="failed",
-        recipe_name=plan.recipe.name, recipe_hash=plan.recipe.hash, recipe=plan.recipe.to_dict(),
-        started_at=started_at, finished_at=utc_now(), error=error, environment=collect_environment(),
-    )  # fmt: skip
-    if plan.resumable:
-        attempt = Path(plan.checkpoint_dir) / f"failed-attempt-{utc_now().replace(':', '')}.json"
-        return write_new_json(attempt, result.to_dict())
-    return save_result(Path(plan.results_dir), result)
-
-
-def exception_info(error: BaseException, rank: int | None) -> dict[str, Any]:
-    return {"type": type(error).__name__, "message": str(error)[:MAX_MESSAGE], "rank": rank,
-            "traceback": traceback.format_exception(error)[-3:]}  # fmt: skip
-
-
-def validate_data_once(plan: Plan) -> None:
-    """Before N processes start: bad data fails here, once, and the datasets cache is filled so that
-    the ranks do not download the data set N times. (An in-process run checks its data itself, before
-    it loads the model.)"""
+def check(plan: Plan) -> None:
+    """Everything that can fail before a process starts: the installed stack (preflight) and the data, loaded
+    and checked once here (which also fills the datasets cache, so N processes do not download it N times)."""
     from harness.data import load_labelled
+    from harness.preflight import preflight
 
-    load_labelled(plan.recipe.data, plan.recipe.train.seed)
+    preflight(plan.recipe)
+    load_labelled(plan.recipe.data)
 
 
-def launch(plan: Plan, role: MachineRole | None = None, resume: bool = False) -> Path:
-    """Run the plan; return the result file's path, or raise RunFailed after recording the failure.
+def launch(plan: Plan, role: MachineRole | None = None, resume: bool = False, checked: bool = False) -> Path:
+    """Run the plan in processes of its own; return the result file's path, or raise RunFailed after recording
+    the failure. checked=True: `check(plan)` has already passed.
 
     resume=True (restartable containers): the run saves its training state at every epoch end, and a new
     attempt with the same plan continues from the last one saved in the run folder; a run that already
@@ -93,34 +75,16 @@ def launch(plan: Plan, role: MachineRole | None = None, resume: bool = False) ->
     done = result_path(Path(plan.results_dir), plan.recipe.name, plan.run_id)
     if plan.resumable and done.is_file():
         return done
-    from harness.preflight import preflight
-
-    preflight(plan.recipe)  # stack checks, before anything loads or starts
-    if plan.recipe.hardware.launched:
-        validate_data_once(plan)
-        return _launch_processes(plan, role or MachineRole())
-    return _run_in_process(plan)
-
-
-def _run_in_process(plan: Plan) -> Path:
-    from harness import train
-
-    started_at = utc_now()
-    try:
-        path = train.execute(plan)
-    except HarnessError:
-        raise
-    except Exception as error:
-        path = record_failure(plan, started_at, exception_info(error, rank=0))
-        raise RunFailed(f"run {plan.run_id} failed ({type(error).__name__}: {error}); result: {path}", path) from error
-    assert path is not None  # a single process is the main process
-    return path
+    if not checked:
+        check(plan)
+    return _launch_processes(plan, role or MachineRole())
 
 
 def write_launch_files(plan: Plan) -> tuple[Path, Path]:
     """The run folder's plan.json, deepspeed.json (if any) and accelerate.yaml; returns (config, plan) paths."""
-    run_dir = Path(plan.checkpoint_dir)
+    run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=plan.resumable)  # only a resumed attempt reuses its run folder
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # a resumed attempt's error is its own
     plan_file = plan.write(run_dir / "plan.json")
     deepspeed_file = None
     if plan.recipe.hardware.deepspeed:
@@ -142,28 +106,47 @@ def _launch_processes(plan: Plan, role: MachineRole) -> Path:
         launch_arguments(config_file, plan_file, role.machine_rank, role.main_process_ip, role.main_process_port)
     )
     env = {LAUNCHED_ENV: "1"}
-    if plan.recipe.hardware.device == "cpu":
-        env["ACCELERATE_USE_CPU"] = "1"  # gloo on CPU; without it each process would train alone
+    if not plan.recipe.hardware.distributed:  # one process, no torch elastic: its exception goes where elastic's would
+        env["TORCHELASTIC_ERROR_FILE"] = str(plan.run_dir / ERROR_FILE)
+    if plan.recipe.hardware.device == "cpu" and not plan.recipe.hardware.deepspeed:
+        # gloo on CPU; without it each process would train alone. (DeepSpeed on CPU sets up gloo itself, and
+        # accelerate would drop DeepSpeed for this flag.)
+        env["ACCELERATE_USE_CPU"] = "1"
     try:
         with patch_environment(**env):
             launch_command(args)
-    except ChildFailedError as failure:
-        rank, info = failure.get_first_failure()
-        error = {
-            "type": "ChildFailedError",
-            "rank": rank,
-            "exitcode": info.exitcode,
-            "signal": info.signal_name() if info.exitcode < 0 else None,
-            "message": (info.message if isinstance(info.message, str) else json.dumps(info.message))[:MAX_MESSAGE],
-            "failed_ranks": sorted(failure.failures),
-        }
+    except (ChildFailedError, subprocess.CalledProcessError) as failure:
+        error = failure_info(failure, plan.run_dir)
+        if error["exitcode"] == BAD_INPUT_EXIT and error["signal"] is None:
+            raise HarnessError(f"run {plan.run_id} stopped on bad input: its error is printed above") from None
         if plan.resumable and error["signal"] in INTERRUPTING_SIGNALS:
-            raise RunInterrupted(f"run {plan.run_id}: rank {rank} stopped by {error['signal']}") from None
+            raise RunInterrupted(f"run {plan.run_id}: rank {error['rank']} stopped by {error['signal']}") from None
         path = record_failure(plan, started_at, error) if role.machine_rank == 0 else None
-        message = f"run {plan.run_id}: rank {rank} failed (exit code {info.exitcode}); result: {path}"
+        message = f"run {plan.run_id}: rank {error['rank']} failed (exit code {error['exitcode']}); result: {path}"
         raise RunFailed(message, path) from None
     return result_path(Path(plan.results_dir), plan.recipe.name, plan.run_id)
 
 
-def is_launched_worker() -> bool:
-    return os.environ.get(LAUNCHED_ENV) == "1"
+def failure_info(failure: Exception, run_dir: Path) -> dict[str, Any]:
+    """What failed where, from torch elastic's record of the first failing rank (several processes) or from the
+    one process's exit code and error file."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    if isinstance(failure, ChildFailedError):
+        rank, info = failure.get_first_failure()
+        failed_ranks = sorted(failure.failures)
+    else:
+        rank, failed_ranks = 0, [0]
+        info = ProcessFailure(local_rank=0, pid=-1, exitcode=failure.returncode, error_file=str(run_dir / ERROR_FILE))
+    # an exception's error file holds {"message": "Type: text", "extraInfo": {"py_callstack": ...}}
+    recorded = info.message if isinstance(info.message, dict) else {"message": info.message}
+    callstack = recorded.get("extraInfo", {}).get("py_callstack", "")
+    return {
+        "type": type(failure).__name__,
+        "rank": rank,
+        "exitcode": info.exitcode,
+        "signal": info.signal_name() if info.exitcode < 0 else None,
+        "message": str(recorded["message"])[:MAX_MESSAGE],
+        "traceback": callstack.strip().splitlines()[-6:],
+        "failed_ranks": failed_ranks,
+    }

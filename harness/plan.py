@@ -22,10 +22,16 @@ class Plan:
     checkpoint_dir: str
     started_at_unix: float | None = None  # set by the launcher, so time-to-first-step counts process start
     resumable: bool = False  # save training state each epoch; continue from it if the run folder has one
+    repeats: dict[str, Any] | None = None  # {group, index, count}: one of the seeds of `harness run --repeats N`
 
     @property
     def best_checkpoint(self) -> Path:
-        return Path(self.checkpoint_dir) / "best"
+        return self.run_dir / "best"
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's own folder: checkpoints, saved state, launch files and failure notes of its processes."""
+        return Path(self.checkpoint_dir)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -35,6 +41,7 @@ class Plan:
             "checkpoint_dir": self.checkpoint_dir,
             "started_at_unix": self.started_at_unix,
             "resumable": self.resumable,
+            "repeats": self.repeats,
         }
 
     def write(self, path: Path) -> Path:
@@ -50,7 +57,8 @@ class Plan:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def make_plan(recipe: Recipe, results_dir: str | None = None, run_id: str | None = None) -> Plan:
+def make_plan(recipe: Recipe, results_dir: str | None = None, run_id: str | None = None,
+              repeats: dict[str, Any] | None = None) -> Plan:  # fmt: skip
     """A fresh run id; checkpoints go to <checkpoints_dir>/<recipe>/<run id>, never reused."""
     run_id = run_id or new_run_id(recipe.name)
     return Plan(
@@ -58,4 +66,5 @@ def make_plan(recipe: Recipe, results_dir: str | None = None, run_id: str | None
         run_id=run_id,
         results_dir=results_dir or recipe.output.results_dir,
         checkpoint_dir=str(Path(recipe.output.checkpoints_dir) / recipe.name / run_id),
+        repeats=repeats,
     )

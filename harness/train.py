@@ -1,23 +1,19 @@
-"""The worker: one process of a run. Training loop, evaluation and the result file.
+"""The worker: one process of a run. Set-up, the training loop, evaluation, and the result file.
 
-Run in-process by the launcher for one device, or once per process under `accelerate launch`:
-    accelerate launch -m harness.train --plan PLAN.json
-Only the main process writes checkpoints and results.
+Every run is its own process (or processes), started by the harness launcher through `accelerate launch`:
+    accelerate launch --config_file RUN/accelerate.yaml -m harness.train --plan RUN/plan.json
+Your own launcher works too (`torchrun ... -m harness.train --recipe NAME`). Only the main process writes
+checkpoints and results.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import json
 import math
 import os
-import resource
-import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,22 +26,20 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from harness.collector import BatchCounts, FlopsModel, StepTimer, cuda_timer, merge_rank_logs, speed_report
+from harness.checkpoints import Progress, load_weights, resume, save_checkpoint, save_progress
+from harness.collector import BatchCounts, StepLog, StepTimer, cuda_timer
 from harness.data import eval_loader, load_labelled, tokenize, train_loader
-from harness.distributed import deepspeed_config, deepspeed_summary, fsdp_options
-from harness.environment import collect_environment
+from harness.distributed import deepspeed_config, fsdp_options
 from harness.errors import HarnessError
-from harness.evaluation import evaluate, synchronize
-from harness.hardware import math_mode, peak_flops
-from harness.launcher import exception_info, is_launched_worker, record_failure
-from harness.modeling import describe_model, flops_model, load_model, load_tokenizer
+from harness.evaluation import Evaluation, evaluate, synchronize
+from harness.failures import BAD_INPUT_EXIT, LAUNCHED_ENV, exception_info, record_failure
+from harness.modeling import decay_parameter_names, describe_model, flops_model, load_model, load_tokenizer, numel
 from harness.plan import Plan, make_plan
 from harness.preflight import Decisions, preflight
-from harness.recipe import Recipe, TrainSpec, load_recipe
-from harness.results import MemoryReport, RunResult, save_result, utc_now, write_new_json
+from harness.recipe import MIXED_PRECISION, Recipe, TrainSpec, load_recipe
+from harness.report import gather_and_save
+from harness.results import utc_now
 
-MIXED_PRECISION = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}
-CHECKPOINT_INFO = "harness.json"  # beside the weights: labels, recipe and run id, for `harness eval`
 
 
 def make_accelerator(recipe: Recipe, decisions: Decisions) -> Accelerator:
@@ -91,117 +85,61 @@ def share_run_identity(plan: Plan) -> None:
     plan.run_id, plan.checkpoint_dir = identity
 
 
-def build_optimizer(model: torch.nn.Module, spec: TrainSpec, device: str) -> tuple[torch.optim.Optimizer, bool]:
-    """AdamW; weight decay on matrices only (biases and norm weights are 1-D), fused where supported."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": spec.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+def build_optimizer(model: torch.nn.Module, spec: TrainSpec, device: str) -> tuple[torch.optim.Optimizer, bool, dict]:
+    """AdamW with weight decay on the parameters the HF Trainer decays (by name: never biases or norms), fused
+    where supported. Also returns the size of each group, in elements (full size under ZeRO-3)."""
+    decay = decay_parameter_names(model)
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    decayed = [p for name, p in named if name in decay]
+    kept = [p for name, p in named if name not in decay]
+    groups = [{"params": decayed, "weight_decay": spec.weight_decay}, {"params": kept, "weight_decay": 0.0}]
     fused = spec.fused == "on" or (spec.fused == "auto" and device in ("cuda", "cpu"))
     optimizer = torch.optim.AdamW(groups, lr=spec.learning_rate, fused=fused)
-    return optimizer, fused
-
-
-def save_checkpoint(accelerator: Accelerator, model, tokenizer, path: Path, info: dict[str, Any]) -> None:
-    """Save weights + tokenizer to a fresh folder, then swap it in: a crash never leaves half a checkpoint."""
-    state = accelerator.get_state_dict(model)  # collective under DeepSpeed ZeRO-3: every rank calls it
-    if accelerator.is_main_process:
-        staging = path.with_name(path.name + ".staging")
-        shutil.rmtree(staging, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(staging, state_dict=state, save_function=accelerator.save)
-        tokenizer.save_pretrained(staging)
-        write_new_json(staging / CHECKPOINT_INFO, info)
-        previous = path.with_name(path.name + ".previous")
-        if path.exists():
-            path.rename(previous)
-        staging.rename(path)
-        shutil.rmtree(previous, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def memory_report(per_rank: list[dict[str, Any]]) -> MemoryReport:
-    """Each field's maximum over ranks (the rank that runs out first), with every rank's numbers kept."""
-
-    def most(key: str) -> int | None:
-        values = [m[key] for m in per_rank if m.get(key) is not None]
-        return max(values) if values else None
-
-    return MemoryReport(
-        peak_host_rss_bytes=most("peak_host_rss_bytes"),
-        cuda_peak_allocated_bytes=most("cuda_peak_allocated_bytes"),
-        cuda_peak_reserved_bytes=most("cuda_peak_reserved_bytes"),
-        per_rank=per_rank,
-    )
-
-
-@contextlib.contextmanager
-def full_size_parameters(plugin: DeepSpeedPlugin | None):
-    """Under ZeRO-3, transformers builds partitioned (empty) parameters in from_pretrained; inside this
-    context it builds ordinary ones."""
-    if plugin is None:
-        yield
-        return
-    from transformers.integrations import unset_hf_deepspeed_config
-
-    unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        plugin.set_deepspeed_weakref()
-
-
-def is_better(metric: str, value: float, best: float | None) -> bool:
-    if best is None:
-        return True
-    return value < best if metric == "loss" else value > best
-
-
-def peak_memory(device: str) -> dict[str, Any]:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    memory = {"peak_host_rss_bytes": rss}
-    if device == "cuda":
-        memory["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
-        memory["cuda_peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
-    return memory
+    sizes = {"decayed_parameters": sum(map(numel, decayed)), "not_decayed_parameters": sum(map(numel, kept))}
+    return optimizer, fused, sizes
 
 
 @dataclass
-class Progress:
-    """Where the training loop is: what a resumed attempt needs to continue."""
+class Outcome:
+    """What the training loop leaves: this rank's step log and the run's progress."""
 
-    step: int = 0
-    epochs_done: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=lambda: {"step": None, "value": None, "metrics": None})
+    log: StepLog
+    progress: Progress
+    first_step_s: float | None  # from the run's start to the end of step 1
+    train_wall_s: float  # the loop's wall time, evaluations included
+    resumed_from_step: int | None
 
 
 class Run:
     """One training run in this process: everything the loop needs, built once."""
 
     def __init__(self, plan: Plan):
-        self.plan = plan
-        self.recipe = plan.recipe
+        self.plan, self.recipe = plan, plan.recipe
         self.started = plan.started_at_unix or time.time()
         self.started_at = utc_now()
         self.decisions = preflight(self.recipe)
-        datasets.disable_progress_bars()  # the training and evaluation bars are the ones that matter
         self.device = self.decisions.device
+        datasets.disable_progress_bars()  # the training and evaluation bars are the ones that matter
         self.accelerator = make_accelerator(self.recipe, self.decisions)
         share_run_identity(plan)
-        set_seed(self.recipe.train.seed)
+        set_seed(self.recipe.train.seed)  # initialisation, dropout and batch order; data.seed fixes the data
         with self.accelerator.main_process_first():  # rank 0 fills the datasets cache, the others read it
-            labelled, self.labels = load_labelled(self.recipe.data, self.recipe.train.seed)  # bad data fails here
+            self.labelled = load_labelled(self.recipe.data)  # bad data fails here, before the model loads
             self.tokenizer = load_tokenizer(self.recipe.model)
-            self.data = tokenize(labelled, self.tokenizer, self.recipe.data)
+            self.data = tokenize(self.labelled.splits, self.tokenizer, self.recipe.data)
+        self.labels = self.labelled.labels
         model = load_model(self.recipe.model, self.labels, self.decisions.attn_implementation)
-        self.flops: FlopsModel = flops_model(model)
-        self.model_description = describe_model(model)
-        optimizer, self.fused = build_optimizer(model, self.recipe.train, self.device)
-        train = self.recipe.train
+        self.flops = flops_model(model)  # full sizes, also of ZeRO-3's partitioned parameters
+        optimizer, self.fused, self.decay_groups = build_optimizer(model, self.recipe.train, self.device)
+        self.prepare(model, optimizer)
+        # read back from the prepared model: its device, and the dtype DeepSpeed or FSDP gave it
+        self.model_description = describe_model(self.accelerator.unwrap_model(self.model))
+        self.best_validation: Evaluation | None = None
+
+    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        train, data = self.recipe.train, self.recipe.data
         loaders = [train_loader(self.data["train"], self.tokenizer, train.batch_size, train.seed,
-                                self.recipe.data.group_by_length)]
+                                data.group_by_length, self.recipe.hardware.num_processes)]  # fmt: skip
         self.eval_splits = [s for s in ("validation", "test") if s in self.data]
         loaders += [eval_loader(self.data[s], self.tokenizer, train.eval_batch_size) for s in self.eval_splits]
         self.model, self.optimizer, self.train_dl, *eval_dls = self.accelerator.prepare(model, optimizer, *loaders)
@@ -215,30 +153,31 @@ class Run:
             num_training_steps=self.total_steps,
         )  # fmt: skip
         self.accelerator.register_for_checkpointing(self.scheduler)  # saved and restored with the run's state
-        self.model_description["attn_implementation"] = self.accelerator.unwrap_model(
-            self.model
-        ).config._attn_implementation
 
-    # ------------------------------------------------------------------ loop
+    @property
+    def state_dir(self) -> Path:
+        return self.plan.run_dir / "state"
 
-    def train(self) -> dict[str, Any]:
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> Outcome:
         acc, train = self.accelerator, self.recipe.train
         timer = cuda_timer() if self.device == "cuda" else StepTimer(time.perf_counter)
-        if self.recipe.train.report_to:
+        if train.report_to:
             acc.init_trackers("harness", config={"run_id": self.plan.run_id, **self.recipe.to_dict()})
-        state = self.resume() if self.plan.resumable else Progress()
-        history, evals, best, step = state.history, state.evals, state.best, state.step
-        first_step_s, counts = None, BatchCounts()
+        state = resume(acc, self.state_dir) if self.plan.resumable else Progress()
+        resumed_from = state.step if state.epochs_done else None
+        step, counts, first_step_s = state.step, BatchCounts(), None
         running_loss, micro_batches = torch.zeros((), device=acc.device), 0
-        progress = tqdm(total=self.total_steps, initial=step, desc="training", disable=not acc.is_local_main_process)
+        bar = tqdm(total=self.total_steps, initial=step, desc="training", disable=not acc.is_local_main_process)
         self.model.train()
         train_start = time.perf_counter()
         timer.restart()
         for epoch in range(state.epochs_done, self.epochs):
-            self.train_dl.set_epoch(epoch)
+            self.train_dl.set_epoch(epoch)  # reaches the sampler through accelerate's wrappers: a new order
             for batch in self.train_dl:
                 counts += batch.pop("counts")
-                with acc.accumulate(self.model):
+                with acc.accumulate(self.model):  # the optimizer steps only at the last micro-batch
                     loss = self.model(**batch).loss
                     acc.backward(loss)
                     if acc.sync_gradients and train.max_grad_norm:
@@ -249,214 +188,95 @@ class Run:
                 micro_batches += 1
                 if not acc.sync_gradients:
                     continue
-                if not acc.optimizer_step_was_skipped:
+                learning_rate = self.scheduler.get_last_lr()[0]  # the rate this step used
+                if not acc.optimizer_step_was_skipped:  # fp16 loss scaling skips steps with inf gradients
                     self.scheduler.step()
                 step += 1
-                timer.step_done(counts, self.flops.training_flops(counts))
+                timer.step_done(counts, self.flops.training_flops(counts.lengths))
                 counts = BatchCounts()
-                progress.update()
+                bar.update()
                 if first_step_s is None:
                     synchronize(self.device)
                     first_step_s = time.time() - self.started
                 if step % train.log_every_steps == 0 or step == self.total_steps:
-                    # .item() waits for the device: once per log interval, not every step
-                    entry = {"step": step, "epoch": epoch, "loss": running_loss.item() / micro_batches,
-                             "learning_rate": self.scheduler.get_last_lr()[0]}  # fmt: skip
-                    history.append(entry)
-                    progress.set_postfix(loss=f"{entry['loss']:.4f}")
-                    acc.log({"train/loss": entry["loss"], "train/lr": entry["learning_rate"]}, step=step)
+                    state.history.append(self.log_loss(step, epoch, running_loss / micro_batches, learning_rate))
+                    bar.set_postfix(loss=f"{state.history[-1]['loss']:.4f}")
                     running_loss.zero_()
                     micro_batches = 0
-                end_of_epoch = step % self.steps_per_epoch == 0 or step == self.total_steps
-                if (train.eval_strategy == "steps" and step % train.eval_steps == 0) or (
-                    train.eval_strategy == "epoch" and end_of_epoch
-                ):
-                    self._evaluate_and_keep_best(step, epoch, evals, best)
-                    timer.restart()
+                if self.evaluates_at(step):
+                    self.evaluate_and_keep_best(step, epoch, state)
+                    timer.restart()  # evaluation time is never inside a training step
                 if step >= self.total_steps:
                     break
             if self.plan.resumable:
-                self.save_progress(Progress(step, epoch + 1, history, evals, best))
+                state.step, state.epochs_done = step, epoch + 1
+                save_progress(acc, self.state_dir, state)
                 timer.restart()
             if step >= self.total_steps:
                 break
         synchronize(self.device)
-        progress.close()
-        train_wall = time.perf_counter() - train_start
-        log = timer.finalize()
-        return {"log": log, "history": history, "evals": evals, "best": best, "steps": step,
-                "first_step_s": first_step_s, "train_wall_s": train_wall,
-                "resumed_from_step": state.step if state.epochs_done else None}  # fmt: skip
+        bar.close()
+        state.step = step
+        return Outcome(timer.finalize(), state, first_step_s, time.perf_counter() - train_start, resumed_from)
 
-    # ------------------------------------------------------------------ resume
+    def log_loss(self, step: int, epoch: int, loss: torch.Tensor, learning_rate: float) -> dict[str, Any]:
+        """The mean training loss since the last entry, averaged over ranks. .item() waits for the device:
+        once per log interval, never every step."""
+        entry = {"step": step, "epoch": epoch, "loss": self.accelerator.reduce(loss, "mean").item(),
+                 "learning_rate": learning_rate}  # fmt: skip
+        self.accelerator.log({"train/loss": entry["loss"], "train/lr": learning_rate}, step=step)
+        return entry
 
-    @property
-    def state_dir(self) -> Path:
-        return Path(self.plan.checkpoint_dir) / "state"
+    def evaluates_at(self, step: int) -> bool:
+        train = self.recipe.train
+        end_of_epoch = step % self.steps_per_epoch == 0 or step == self.total_steps
+        by_steps = train.eval_strategy == "steps" and step % train.eval_steps == 0
+        return by_steps or (train.eval_strategy == "epoch" and end_of_epoch)
 
-    def save_progress(self, progress: Progress) -> None:
-        """Model, optimizer, scheduler and RNG states plus the loop's progress, swapped in whole at each epoch
-        end, so a preempted run restarts from its last finished epoch."""
-        staging = self.state_dir.with_name("state.staging")
-        if self.accelerator.is_main_process:
-            shutil.rmtree(staging, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(staging))  # every rank writes its part (DeepSpeed shards)
-        if self.accelerator.is_main_process:
-            write_new_json(staging / "progress.json", dataclasses.asdict(progress))
-            previous = self.state_dir.with_name("state.previous")
-            if self.state_dir.exists():
-                self.state_dir.rename(previous)
-            staging.rename(self.state_dir)
-            shutil.rmtree(previous, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
+    # ------------------------------------------------------------------ evaluation
 
-    def resume(self) -> Progress:
-        """The saved progress of an interrupted attempt of this run, or a fresh start."""
-        progress_file = self.state_dir / "progress.json"
-        if not progress_file.is_file():
-            return Progress()
-        self.accelerator.load_state(str(self.state_dir))
-        progress = Progress(**json.loads(progress_file.read_text()))
-        self.accelerator.print(f"resuming {self.plan.run_id} after epoch {progress.epochs_done} (step {progress.step})")
-        return progress
-
-    def _evaluate_and_keep_best(self, step: int, epoch: int, evals: list, best: dict) -> None:
+    def evaluate_and_keep_best(self, step: int, epoch: int, state: Progress) -> None:
         evaluation = evaluate(self.model, self.eval_dls["validation"], self.accelerator, self.device, "validating")
         scores = evaluation.metrics(self.labels.names)
         metric = self.recipe.train.metric_for_best_model
         summary = {k: scores[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro", "f1_weighted")}
-        evals.append({"step": step, "epoch": epoch, **summary})
+        state.evals.append({"step": step, "epoch": epoch, **summary})
         self.accelerator.log({f"eval/{k}": v for k, v in summary.items()}, step=step)
-        if is_better(metric, scores[metric], best["value"]):
-            best.update(step=step, value=scores[metric], metrics=scores)
+        if is_better(metric, scores[metric], state.best["value"]):
+            state.best.update(step=step, value=scores[metric], metrics=scores)
+            self.best_validation = evaluation
             if self.recipe.train.save_best:
                 info = {"run_id": self.plan.run_id, "step": step, "metric": metric, "value": scores[metric],
                         "labels": self.labels.names, "recipe": self.recipe.to_dict()}  # fmt: skip
                 save_checkpoint(self.accelerator, self.model, self.tokenizer, self.plan.best_checkpoint, info)
 
-    def final_accuracy(self, best: dict) -> dict[str, dict[str, Any]]:
-        """Validation metrics of the best evaluation; test metrics of the best saved checkpoint."""
-        accuracy = {}
-        if best["metrics"] is not None:
-            accuracy["validation"] = best["metrics"]
-        if "test" in self.eval_dls:
-            if self.recipe.train.save_best and best["step"] is not None:
-                self._load_best_weights()
-            evaluation = evaluate(self.model, self.eval_dls["test"], self.accelerator, self.device, "testing")
-            accuracy["test"] = evaluation.metrics(self.labels.names)
-        return accuracy
+    def test_weights(self, best: dict[str, Any]) -> str:
+        """Which weights the test split is evaluated with: the best checkpoint when one was saved (reloaded
+        here), else the final weights of training."""
+        if self.recipe.train.save_best and best["step"] is not None:
+            load_weights(self.accelerator, self.model, self.plan.best_checkpoint)
+            return "best_checkpoint"
+        return "final_weights"
 
-    def _load_best_weights(self) -> None:
-        """The saved best checkpoint, read back from disk, into the training model on every rank."""
-        from transformers import AutoModelForSequenceClassification
+    def evaluate_test(self, best: dict[str, Any]) -> tuple[Evaluation | None, str | None]:
+        if "test" not in self.eval_dls:
+            return None, None
+        test_from = self.test_weights(best)
+        return evaluate(self.model, self.eval_dls["test"], self.accelerator, self.device, "testing"), test_from
 
-        self.accelerator.wait_for_everyone()  # the main process has finished writing the checkpoint
-        with full_size_parameters(self.accelerator.state.deepspeed_plugin):
-            state = AutoModelForSequenceClassification.from_pretrained(self.plan.best_checkpoint).state_dict()
-        model = self.accelerator.unwrap_model(self.model)
-        if self.recipe.hardware.fsdp:  # sharded (DTensor) parameters: each rank takes its shard of the full state
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-            set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
-        elif self.deepspeed_stage() == 3:  # parameters are partitioned: gather, let rank 0 load, re-partition
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
-                if self.accelerator.is_main_process:
-                    model.load_state_dict(state)
-        else:
-            model.load_state_dict(state)
-
-    def deepspeed_config(self) -> dict[str, Any] | None:
-        plugin = self.accelerator.state.deepspeed_plugin
-        return plugin.deepspeed_config if plugin is not None else None
-
-    def deepspeed_stage(self) -> int | None:
-        config = self.deepspeed_config()
-        return config["zero_optimization"]["stage"] if config else None
-
-    # ------------------------------------------------------------------ result
-
-    def device_name(self) -> str | None:
-        return torch.cuda.get_device_name() if self.device == "cuda" else None
-
-    def ran(self) -> dict[str, Any]:
-        acc = self.accelerator
-        train = self.recipe.train
-        ranks_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
-        return {
-            "device": self.device,
-            "device_name": self.device_name(),
-            "world_size": acc.num_processes,
-            "ranks_per_node": ranks_per_node,
-            "num_machines": acc.num_processes // ranks_per_node,
-            "distributed_type": str(acc.distributed_type).split(".")[-1],
-            "backend": getattr(acc.state, "backend", None),
-            "mixed_precision": acc.mixed_precision,
-            "float32_matmul_precision": torch.get_float32_matmul_precision(),
-            "fused_optimizer": self.fused,
-            "gradient_accumulation_steps": train.gradient_accumulation_steps,
-            "global_batch_size": train.batch_size * train.gradient_accumulation_steps * acc.num_processes,
-            "precision": self.recipe.precision.dtype,
-            "deepspeed": deepspeed_summary(self.deepspeed_config()) if self.deepspeed_config() else None,
-            "fsdp": fsdp_options(self.recipe) if self.recipe.hardware.fsdp else None,
-            "fallbacks": self.decisions.fallbacks,
-            **self.model_description,
-        }
-
-    def result(self, outcome: dict[str, Any], accuracy: dict, environment: dict, memory: list[dict]) -> RunResult:
-        recipe, acc = self.recipe, self.accelerator
-        world = acc.num_processes
-        log = merge_rank_logs(outcome["logs"])
-        peak = peak_flops(self.device_name(), math_mode(recipe.precision.dtype, recipe.precision.tf32))
-        speed = speed_report(
-            log,
-            warmup_steps=recipe.collector.warmup_steps,
-            world_size=world,
-            peak_flops_per_device=peak,
-            time_to_first_step_s=outcome["first_step_s"],
-            train_wall_s=outcome["train_wall_s"],
-            eval_samples_per_s=next((a["samples_per_s"] for a in accuracy.values()), None),
-            total_wall_s=time.time() - self.started,
-        )
-        best = outcome["best"]
-        return RunResult(
-            run_id=self.plan.run_id, kind="train", status="completed",
-            recipe_name=recipe.name, recipe_hash=recipe.hash, recipe=recipe.to_dict(),
-            started_at=self.started_at, finished_at=utc_now(),
-            ran=self.ran(), speed=speed,
-            memory=memory_report(memory),
-            accuracy=accuracy,
-            training={
-                "optimizer_steps": outcome["steps"], "epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch,
-                "num_samples": {split: len(ds) for split, ds in self.data.items()},
-                "labels": self.labels.names,
-                "loss_history": outcome["history"], "evaluations": outcome["evals"],
-                "best": {"step": best["step"], "metric": recipe.train.metric_for_best_model, "value": best["value"],
-                         "checkpoint": str(self.plan.best_checkpoint) if recipe.train.save_best else None},
-                "resumed_from_step": outcome["resumed_from_step"],
-                "step_log": log.to_dict(),
-            },
-            environment=environment,
-        )  # fmt: skip
+def is_better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
 
 
 def execute(plan: Plan) -> Path | None:
     """Run the plan in this process; the main process returns the result file's path."""
     run = Run(plan)
-    acc = run.accelerator
     outcome = run.train()
-    accuracy = run.final_accuracy(outcome["best"])
-    outcome["logs"] = gather_object([outcome["log"].to_dict()])
-    memory = gather_object([{"rank": acc.process_index, **peak_memory(run.device)}])
-    acc.end_training()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # an orderly exit: no rank tears the group down mid-use
-    if not acc.is_main_process:
-        return None
-    result = run.result(outcome, accuracy, collect_environment(), memory)
-    return save_result(Path(plan.results_dir), result)
+    test, test_from = run.evaluate_test(outcome.progress.best)
+    return gather_and_save(run, outcome, test, test_from)
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
@@ -467,7 +287,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     return plan
 
 
-@record  # a failing rank's traceback reaches the launcher (torch elastic's error file)
+@record  # a failing process's exception reaches the launcher (torch elastic's error file)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="One process of a run: `accelerate launch -m harness.train`.")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -482,10 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         path = execute(plan)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return BAD_INPUT_EXIT
     except Exception as error:
         state = PartialState()
-        if state.is_main_process and not is_launched_worker():  # the harness launcher records its own runs
+        if state.is_main_process and os.environ.get(LAUNCHED_ENV) != "1":  # your own launcher: record it here
             record_failure(plan, started_at, exception_info(error, rank=state.process_index))
         raise
     if path:

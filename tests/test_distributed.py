@@ -1,6 +1,6 @@
-"""Two processes on CPU (gloo): a real distributed run, its numbers, DeepSpeed ZeRO-2 under torchrun, and a
-rank killed mid-run. Every test asserts world_size == 2: two processes that silently train alone would
-otherwise pass."""
+"""Two processes on CPU (gloo): a real distributed run and its numbers, DeepSpeed ZeRO-2 and ZeRO-3 through
+`harness run` (and under torchrun, your own launcher), and a rank killed mid-run. Every test asserts
+world_size == 2: two processes that silently train alone would otherwise pass."""
 
 import os
 import signal
@@ -11,9 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.cli import main
+from harness.data import load_labelled, tokenize, train_loader
+from harness.modeling import load_model, load_tokenizer
+from harness.recipe import load_recipe
 from harness.results import find_result_files, load_result
+from conftest import steady_rate
 
 pytestmark = pytest.mark.slow
 
@@ -21,16 +26,20 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data" / "banking77_10"
 SMOKE = "minilm-banking77-cpu"
 EVAL_ROWS = 101  # odd: the distributed sampler pads the last batch with duplicates that must not be counted
+TRAIN_ROWS = 120  # 3 rounds of 2 x 16 and 24 more: the last round is evened out with 8 repeats
 TWO_PROCESSES = {
     "hardware.device": "cpu",
     "hardware.num_processes": 2,
     "train.epochs": 1,
     "train.batch_size": 16,
-    "data.max_train_samples": 128,  # 8 batches: 4 per rank
+    "train.log_every_steps": 1,
+    "data.max_train_samples": TRAIN_ROWS,
     "data.validation_file": DATA / "test.csv",
     "data.max_eval_samples": EVAL_ROWS,
     "data.test_file": "null",
     "collector.warmup_steps": 1,
+    # no dropout: the first step's loss can then be computed here from the initial weights
+    "model.config_overrides": "{hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
 }
 
 
@@ -69,12 +78,32 @@ def test_two_processes_train_one_model(two_process_run):
 
 def test_throughput_is_global_and_counts_each_sample_once(two_process_run):
     speed, log = two_process_run["speed"], two_process_run["training"]["step_log"]
-    assert len(log["samples"]) == 4 and all(n == 32 for n in log["samples"])  # 16 per rank, 2 ranks
-    assert sum(log["samples"]) == 128
-    skip = speed["warmup_steps"]
-    global_rate = sum(log["samples"][skip:]) / sum(log["durations_s"][skip:])
-    assert speed["train_samples_per_s"] == pytest.approx(global_rate)
-    assert speed["train_samples_per_s_per_device"] == pytest.approx(global_rate / 2)
+    assert log["samples"] == [32, 32, 32, 24] and log["repeated_samples"] == [0, 0, 0, 8]  # repeats apart
+    assert speed["repeated_samples"] == 8 and sum(log["samples"]) == TRAIN_ROWS
+    assert log["padded_tokens"][-1] >= 32 * 1  # the repeats are computed, so their positions count as padded
+    rate = steady_rate(log, speed["warmup_steps"])
+    assert speed["train_samples_per_s"] == pytest.approx(rate)
+    assert speed["train_samples_per_s_per_device"] == pytest.approx(rate / 2)
+
+
+def test_the_logged_loss_is_the_mean_over_ranks(two_process_run):
+    """Step 1's loss, computed here from the initial weights on the two batches the ranks took: the mean over
+    both ranks, not rank 0's alone."""
+    recipe = load_recipe(SMOKE, set_flags(TWO_PROCESSES)[1::2])
+    labelled = load_labelled(recipe.data)
+    tokenizer = load_tokenizer(recipe.model)
+    data = tokenize(labelled.splits, tokenizer, recipe.data)
+    loader = train_loader(data["train"], tokenizer, 16, recipe.train.seed, True, num_processes=2)
+    loader.batch_sampler.sampler.set_epoch(0)
+    first_round = iter(loader)
+    torch.manual_seed(recipe.train.seed)  # what set_seed does for torch: the same classifier initialisation
+    model = load_model(recipe.model, labelled.labels, "sdpa").eval()
+    with torch.no_grad():
+        losses = [model(**{k: v for k, v in next(first_round).items() if k != "counts"}).loss.item() for _ in "01"]
+    logged = two_process_run["training"]["loss_history"][0]
+    assert logged["step"] == 1
+    assert logged["loss"] == pytest.approx(sum(losses) / 2, abs=1e-5)
+    assert abs(logged["loss"] - losses[0]) > 1e-4  # not rank 0's alone
 
 
 def test_distributed_eval_equals_a_single_process_eval_of_the_checkpoint(two_process_run, tmp_path):
@@ -90,25 +119,55 @@ def test_distributed_eval_equals_a_single_process_eval_of_the_checkpoint(two_pro
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_under_torchrun(tmp_path, stage):
+def test_deepspeed_through_harness_run_counts_as_ddp_does(two_process_run, tmp_path, stage):
+    """The documented path (`harness run ... --set hardware.deepspeed=zero2`), two processes: the same parameter
+    counts, decay groups and FLOPs per step as the DDP run of the same recipe (ZeRO-3 partitions parameters,
+    which must not make them look empty), and a checkpoint that holds the full model."""
     pytest.importorskip("deepspeed")
     flags = set_flags({**TWO_PROCESSES, "hardware.deepspeed": f"zero{stage}", "output.checkpoints_dir": tmp_path / "ck"})
+    assert main(["run", SMOKE, "--results-dir", str(tmp_path / "results"), *flags]) == 0
+    result = only_result(tmp_path / "results")
+    ran, ddp = result["ran"], two_process_run["ran"]
+    assert result["status"] == "completed"
+    assert ran["world_size"] == 2 and ran["distributed_type"] == "DEEPSPEED"
+    assert ran["deepspeed"] == {"stage": stage, "offload_optimizer": "none", "offload_param": "none"}
+    for key in ("num_parameters", "num_non_embedding_parameters", "weight_decay_groups", "flops_model"):
+        assert ran[key] == ddp[key], key
+    assert ran["num_parameters"] == 22_717_066  # all-MiniLM-L6-v2 with a 10-class head (read off its files)
+    assert result["training"]["step_log"]["flops"] == two_process_run["training"]["step_log"]["flops"]
+    assert result["accuracy"]["validation"]["num_samples"] == EVAL_ROWS
+    assert sum(result["training"]["step_log"]["samples"]) == TRAIN_ROWS
+    best = result["training"]["best"]["checkpoint"]  # ZeRO-3 gathers its partitions when saving
+    assert main(["eval", best, "--split", "validation", "--results-dir", str(tmp_path / "eval")]) == 0
+    single = only_result(tmp_path / "eval")["accuracy"]["validation"]
+    assert single["accuracy"] == pytest.approx(result["accuracy"]["validation"]["accuracy"], abs=1e-6)
+
+
+def test_deepspeed_zero3_bf16_on_one_process_through_harness_run(tmp_path):
+    """What ran is read from the prepared model: DeepSpeed's bf16 engine holds bf16 parameters."""
+    pytest.importorskip("deepspeed")
+    flags = set_flags({**TWO_PROCESSES, "hardware.num_processes": 1, "hardware.deepspeed": "zero3",
+                       "precision.dtype": "bf16", "train.max_steps": 2, "output.checkpoints_dir": tmp_path / "ck"})  # fmt: skip
+    assert main(["run", SMOKE, "--results-dir", str(tmp_path / "results"), *flags]) == 0
+    ran = only_result(tmp_path / "results")["ran"]
+    assert ran["world_size"] == 1 and ran["distributed_type"] == "DEEPSPEED" and ran["deepspeed"]["stage"] == 3
+    assert ran["num_parameters"] == 22_717_066
+    assert (ran["parameter_dtype"], ran["mixed_precision"]) == ("bfloat16", "bf16")
+
+
+def test_your_own_launcher_torchrun_with_deepspeed(tmp_path):
+    """`torchrun -m harness.train --recipe ...`: the worker sets DeepSpeed up from the recipe by itself."""
+    pytest.importorskip("deepspeed")
+    flags = set_flags({**TWO_PROCESSES, "hardware.deepspeed": "zero2", "train.max_steps": 2,
+                       "output.checkpoints_dir": tmp_path / "ck"})  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_port", str(free_port()), "-m", "harness.train", "--recipe", SMOKE,
                "--results-dir", str(tmp_path / "results"), *flags]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = only_result(tmp_path / "results")
-    assert result["status"] == "completed"
     assert result["ran"]["world_size"] == 2 and result["ran"]["distributed_type"] == "DEEPSPEED"
-    assert result["ran"]["deepspeed"] == {"stage": stage, "offload_optimizer": "none", "offload_param": "none"}
-    assert result["accuracy"]["validation"]["num_samples"] == EVAL_ROWS
-    assert sum(result["training"]["step_log"]["samples"]) == 128
-    # the saved checkpoint holds the full model (ZeRO-3 gathers its partitions when saving)
-    best = result["training"]["best"]["checkpoint"]
-    assert main(["eval", best, "--split", "validation", "--results-dir", str(tmp_path / "eval")]) == 0
-    single = only_result(tmp_path / "eval")["accuracy"]["validation"]
-    assert single["accuracy"] == pytest.approx(result["accuracy"]["validation"]["accuracy"], abs=1e-6)
+    assert result["training"]["optimizer_steps"] == 2
 
 
 def worker_pids(marker: str) -> dict[int, int]:

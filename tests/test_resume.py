@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness import train
-from harness.launcher import RunFailed, launch
+from harness.launcher import launch
 from harness.plan import make_plan
 from harness.recipe import load_recipe
 from harness.results import load_result
@@ -29,22 +29,25 @@ def plan_in(folder: Path):
 def test_an_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     reference = load_result(launch(plan_in(tmp_path / "reference")))
 
+    # the first attempt: the worker itself, in this process, stopped right after saving its first epoch
     plan = plan_in(tmp_path / "resumed")
-    save_progress = train.Run.save_progress
+    plan.resumable = True
+    run_dir = plan.run_dir
+    run_dir.mkdir(parents=True)
+    save_progress = train.save_progress
 
-    def preempted_after_first_epoch(run, progress):
-        save_progress(run, progress)
+    def preempted_after_first_epoch(*args):
+        save_progress(*args)
         raise RuntimeError("container preempted")
 
-    monkeypatch.setattr(train.Run, "save_progress", preempted_after_first_epoch)
-    with pytest.raises(RunFailed):
-        launch(plan, resume=True)
-    run_dir = Path(plan.checkpoint_dir)
+    monkeypatch.setattr(train, "save_progress", preempted_after_first_epoch)
+    with pytest.raises(RuntimeError, match="container preempted"):
+        train.main(["--plan", str(plan.write(run_dir / "plan.json"))])
     (attempt,) = run_dir.glob("failed-attempt-*.json")  # kept beside the state, not in results/
     assert json.loads(attempt.read_text())["error"]["message"] == "container preempted"
     assert not Path(plan.results_dir, plan.recipe.name).exists()
 
-    monkeypatch.setattr(train.Run, "save_progress", save_progress)
+    # the next attempt: launched as a retried container would launch it
     resumed = load_result(launch(plan, resume=True))
     steps_per_epoch = 96 // 16
     assert resumed["status"] == "completed" and resumed["run_id"] == plan.run_id

@@ -50,8 +50,8 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
 def test_tokenisation_is_cached_between_runs():
     recipe = load_recipe("minilm-banking77-cpu")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(recipe.model.name))
-    first = tokenize(load_labelled(recipe.data, seed=1)[0], tokenizer, recipe.data)
-    second = tokenize(load_labelled(recipe.data, seed=1)[0], tokenizer, recipe.data)
+    first = tokenize(load_labelled(recipe.data).splits, tokenizer, recipe.data)
+    second = tokenize(load_labelled(recipe.data).splits, tokenizer, recipe.data)
     files = [f["filename"] for f in first["train"].cache_files]
     assert files and files == [f["filename"] for f in second["train"].cache_files]
 

@@ -1,0 +1,118 @@
+"""What a run keeps on disk: the best checkpoint (weights, tokenizer, labels) and, for resumable runs, the
+training state at each epoch end. Every folder is written beside its final name and swapped in whole, so a
+crash never leaves half of one. Only the main process writes; every rank takes part in the collectives."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator, DeepSpeedPlugin
+from accelerate.utils import DistributedType
+
+from harness.results import write_new_json
+
+CHECKPOINT_INFO = "harness.json"  # beside the weights: labels, recipe and run id, for `harness eval`
+
+
+def swap_in(staging: Path, path: Path) -> None:
+    """Replace path by the finished staging folder (the previous content is removed only after the swap)."""
+    previous = path.with_name(path.name + ".previous")
+    if path.exists():
+        path.rename(previous)
+    staging.rename(path)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def save_checkpoint(accelerator: Accelerator, model, tokenizer, path: Path, info: dict[str, Any]) -> None:
+    """Weights + tokenizer + run info, loadable with from_pretrained anywhere."""
+    state = accelerator.get_state_dict(model)  # collective under DeepSpeed ZeRO-3: every rank calls it
+    if accelerator.is_main_process:
+        staging = path.with_name(path.name + ".staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        accelerator.unwrap_model(model).save_pretrained(staging, state_dict=state, save_function=accelerator.save)
+        tokenizer.save_pretrained(staging)
+        write_new_json(staging / CHECKPOINT_INFO, info)
+        swap_in(staging, path)
+    accelerator.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def full_size_parameters(plugin: DeepSpeedPlugin | None):
+    """Under ZeRO-3, transformers builds partitioned (empty) parameters in from_pretrained; inside this
+    context it builds ordinary ones."""
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
+
+
+def load_weights(accelerator: Accelerator, model, path: Path) -> None:
+    """A saved checkpoint's weights, read back from disk, into the prepared model on every rank."""
+    from transformers import AutoModelForSequenceClassification
+
+    accelerator.wait_for_everyone()  # the main process has finished writing the checkpoint
+    plugin = accelerator.state.deepspeed_plugin
+    with full_size_parameters(plugin):
+        state = AutoModelForSequenceClassification.from_pretrained(path).state_dict()
+    model = accelerator.unwrap_model(model)
+    if accelerator.distributed_type == DistributedType.FSDP:  # sharded (DTensor) parameters: each rank takes its shard
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    elif plugin is not None and plugin.deepspeed_config["zero_optimization"]["stage"] == 3:
+        import deepspeed  # partitioned parameters: gather, let rank 0 load, re-partition
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
+            if accelerator.is_main_process:
+                model.load_state_dict(state)
+    else:
+        model.load_state_dict(state)
+
+
+@dataclass
+class Progress:
+    """Where the training loop is: what a resumed attempt needs to continue."""
+
+    step: int = 0
+    epochs_done: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"step": None, "value": None, "metrics": None})
+
+
+def save_progress(accelerator: Accelerator, state_dir: Path, progress: Progress) -> None:
+    """Model, optimizer, scheduler and RNG states plus the loop's progress, swapped in whole at each epoch
+    end, so a preempted run restarts from its last finished epoch."""
+    staging = state_dir.with_name(state_dir.name + ".staging")
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))  # every rank writes its part (DeepSpeed shards)
+    if accelerator.is_main_process:
+        write_new_json(staging / "progress.json", dataclasses.asdict(progress))
+        swap_in(staging, state_dir)
+    accelerator.wait_for_everyone()
+
+
+def resume(accelerator: Accelerator, state_dir: Path) -> Progress:
+    """The saved progress of an interrupted attempt of this run, or a fresh start."""
+    progress_file = state_dir / "progress.json"
+    if not progress_file.is_file():
+        return Progress()
+    accelerator.load_state(str(state_dir))
+    progress = Progress(**json.loads(progress_file.read_text()))
+    accelerator.print(f"resuming after epoch {progress.epochs_done} (step {progress.step})")
+    return progress
+
