@@ -11,6 +11,7 @@ never reach the next, so the runs of one `harness run a b` command are as compar
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from harness.distributed import accelerate_config, deepspeed_config, launch_arguments
+from harness.distributed import accelerate_config, cpu_threads_per_process, deepspeed_config, launch_arguments
 from harness.errors import HarnessError
 from harness.failures import BAD_INPUT_EXIT, LAUNCHED_ENV, MAX_MESSAGE, record_failure
 from harness.plan import Plan
@@ -96,15 +97,17 @@ def write_launch_files(plan: Plan) -> tuple[Path, Path]:
 
 
 def _launch_processes(plan: Plan, role: MachineRole) -> Path:
+    import torch
     from accelerate.commands.launch import launch_command, launch_command_parser
     from accelerate.utils import patch_environment
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     started_at = utc_now()
     config_file, plan_file = write_launch_files(plan)
-    args = launch_command_parser().parse_args(
-        launch_arguments(config_file, plan_file, role.machine_rank, role.main_process_ip, role.main_process_port)
-    )
+    threads = cpu_threads_per_process(plan.recipe, torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"))
+    args = launch_command_parser().parse_args(launch_arguments(
+        config_file, plan_file, role.machine_rank, role.main_process_ip, role.main_process_port, threads
+    ))  # fmt: skip
     env = {LAUNCHED_ENV: "1"}
     if not plan.recipe.hardware.distributed:  # one process, no torch elastic: its exception goes where elastic's would
         env["TORCHELASTIC_ERROR_FILE"] = str(plan.run_dir / ERROR_FILE)

@@ -76,6 +76,7 @@ def ran(run: Run) -> dict[str, Any]:
         "backend": getattr(acc.state, "backend", None),
         "mixed_precision": acc.mixed_precision,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cpu_threads": torch.get_num_threads(),  # intra-op threads of each process
         "fused_optimizer": run.fused,
         "weight_decay_groups": run.decay_groups,
         "gradient_accumulation_steps": train.gradient_accumulation_steps,

@@ -72,6 +72,7 @@ def test_two_processes_train_one_model(two_process_run):
     assert ran["world_size"] == 2 and ran["ranks_per_node"] == 2 and ran["num_machines"] == 1
     assert ran["distributed_type"] == "MULTI_CPU" and ran["backend"] == "gloo"
     assert ran["global_batch_size"] == 32
+    assert ran["cpu_threads"] == max(1, torch.get_num_threads() // 2)  # the machine's threads shared
     assert [m["rank"] for m in result["memory"]["per_rank"]] == [0, 1]
     assert result["memory"]["peak_host_rss_bytes"] == max(m["peak_host_rss_bytes"] for m in result["memory"]["per_rank"])
 

@@ -7,7 +7,9 @@ import pytest
 import yaml
 
 from harness import distributed
-from harness.distributed import accelerate_config, check_deepspeed, deepspeed_config, launch_arguments
+from harness.distributed import (
+    accelerate_config, check_deepspeed, cpu_threads_per_process, deepspeed_config, launch_arguments,
+)  # fmt: skip
 from harness.errors import HarnessError
 from harness.launcher import write_launch_files
 from harness.plan import make_plan
@@ -160,3 +162,14 @@ def test_fsdp_on_cpu_fails_before_launch():
 
     with pytest.raises(PreflightError, match="FSDP on GPUs only"):
         preflight(recipe("hardware.fsdp=full_shard", "hardware.num_processes=2"))
+
+
+def test_each_process_gets_its_share_of_the_threads_unless_the_user_set_them():
+    one = load_recipe("minilm-banking77-cpu")
+    four = load_recipe("minilm-banking77-cpu", ["hardware.num_processes=8", "hardware.num_machines=2"])
+    assert cpu_threads_per_process(one, threads_alone=16, user_setting=None) == 16
+    assert cpu_threads_per_process(four, threads_alone=16, user_setting=None) == 4  # 4 processes per machine
+    assert cpu_threads_per_process(four, threads_alone=2, user_setting=None) == 1
+    assert cpu_threads_per_process(one, threads_alone=16, user_setting="3") is None  # accelerate passes it on
+    args = launch_arguments(Path("a.yaml"), Path("plan.json"), cpu_threads=6)
+    assert args[args.index("--num_cpu_threads_per_process") + 1] == "6"

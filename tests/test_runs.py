@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from harness.cli import main
@@ -41,6 +42,8 @@ def test_fp32_and_bf16_in_one_command_each_run_alone(tmp_path):
     (alone,) = results_in(tmp_path / "alone")
     assert {name: r["status"] for name, r in together.items()} == {"fp32": "completed", "bf16": "completed"}
     assert together["fp32"]["ran"]["mixed_precision"] == "no" and together["bf16"]["ran"]["mixed_precision"] == "bf16"
+    # each run has the intra-op threads this process has, not the single thread accelerate launch would give it
+    assert {r["ran"]["cpu_threads"] for r in together.values()} == {torch.get_num_threads()}
     second, own = together["bf16"]["memory"]["peak_host_rss_bytes"], alone["memory"]["peak_host_rss_bytes"]
     assert abs(second / own - 1) < 0.15, (second, own)
 
