@@ -120,7 +120,7 @@ class LaunchSpec:
     def describe(self) -> str:
         where = f"{self.nodes} nodes of {self.gpu} (modal.clustered)" if self.nodes > 1 else self.gpu
         if self.processes == 1 and not self.deepspeed:
-            return f"{where}: one process, the training runs in the container's own process"
+            return f"{where}: accelerate launch, one process"
         how = f"accelerate launch, {self.processes} processes"
         if self.deepspeed:
             how += f", DeepSpeed {self.deepspeed}"
