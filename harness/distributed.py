@@ -125,13 +125,9 @@ def launch_arguments(
     machine_rank: int = 0,
     main_process_ip: str | None = None,
     main_process_port: int | None = None,
-    cpu_threads: int | None = None,
 ) -> list[str]:
-    """`accelerate launch` arguments that start harness.train on every process of this machine, each with
-    cpu_threads intra-op threads (None: accelerate's choice, OMP_NUM_THREADS where set, else 1)."""
+    """`accelerate launch` arguments that start harness.train on every process of this machine."""
     args = ["--config_file", str(config_file), "--machine_rank", str(machine_rank)]
-    if cpu_threads:
-        args += ["--num_cpu_threads_per_process", str(cpu_threads)]
     if main_process_ip:
         args += ["--main_process_ip", main_process_ip]
     if main_process_port:
@@ -139,11 +135,11 @@ def launch_arguments(
     return args + ["--module", "harness.train", "--plan", str(plan_file)]
 
 
-def cpu_threads_per_process(recipe: Recipe, threads_alone: int, user_setting: str | None) -> int | None:
-    """Intra-op threads for each process of this machine: what one process would use alone (torch's default,
-    the physical cores) shared by the machine's processes, unless the user set OMP_NUM_THREADS. accelerate
-    launch would otherwise give every process one thread: a one-process CPU run would use one core of many."""
+def cpu_threads_per_process(recipe: Recipe, threads_alone: int, user_setting: str | None) -> str:
+    """OMP_NUM_THREADS for each process of this machine: the user's setting, else what one process would use
+    alone (torch's default, the physical cores) shared by the machine's processes. accelerate launch and torchrun
+    would otherwise give every process one thread: a one-process CPU run would use one core of many."""
     if user_setting:
-        return None  # accelerate launch passes OMP_NUM_THREADS on
+        return user_setting
     per_machine = recipe.hardware.num_processes // recipe.hardware.num_machines
-    return max(1, threads_alone // per_machine)
+    return str(max(1, threads_alone // per_machine))

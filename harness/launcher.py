@@ -10,6 +10,7 @@ never reach the next, so the runs of one `harness run a b` command are as compar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -99,16 +100,15 @@ def write_launch_files(plan: Plan) -> tuple[Path, Path]:
 def _launch_processes(plan: Plan, role: MachineRole) -> Path:
     import torch
     from accelerate.commands.launch import launch_command, launch_command_parser
-    from accelerate.utils import patch_environment
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     started_at = utc_now()
     config_file, plan_file = write_launch_files(plan)
+    args = launch_command_parser().parse_args(
+        launch_arguments(config_file, plan_file, role.machine_rank, role.main_process_ip, role.main_process_port)
+    )
     threads = cpu_threads_per_process(plan.recipe, torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"))
-    args = launch_command_parser().parse_args(launch_arguments(
-        config_file, plan_file, role.machine_rank, role.main_process_ip, role.main_process_port, threads
-    ))  # fmt: skip
-    env = {LAUNCHED_ENV: "1"}
+    env = {LAUNCHED_ENV: "1", "OMP_NUM_THREADS": threads}
     if not plan.recipe.hardware.distributed:  # one process, no torch elastic: its exception goes where elastic's would
         env["TORCHELASTIC_ERROR_FILE"] = str(plan.run_dir / ERROR_FILE)
     if plan.recipe.hardware.device == "cpu" and not plan.recipe.hardware.deepspeed:
@@ -116,7 +116,7 @@ def _launch_processes(plan: Plan, role: MachineRole) -> Path:
         # accelerate would drop DeepSpeed for this flag.)
         env["ACCELERATE_USE_CPU"] = "1"
     try:
-        with patch_environment(**env):
+        with launch_environment(env):
             launch_command(args)
     except (ChildFailedError, subprocess.CalledProcessError) as failure:
         error = failure_info(failure, plan.run_dir)
@@ -128,6 +128,19 @@ def _launch_processes(plan: Plan, role: MachineRole) -> Path:
         message = f"run {plan.run_id}: rank {error['rank']} failed (exit code {error['exitcode']}); result: {path}"
         raise RunFailed(message, path) from None
     return result_path(Path(plan.results_dir), plan.recipe.name, plan.run_id)
+
+
+@contextlib.contextmanager
+def launch_environment(settings: dict[str, str]):
+    """This process's environment with settings laid over it for one launch, and afterwards exactly as it was:
+    torch elastic sets OMP_NUM_THREADS in its parent's environment, which would otherwise reach the next run."""
+    saved = dict(os.environ)
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def failure_info(failure: Exception, run_dir: Path) -> dict[str, Any]:

@@ -126,7 +126,9 @@ def test_deepspeed_through_harness_run_counts_as_ddp_does(two_process_run, tmp_p
     which must not make them look empty), and a checkpoint that holds the full model."""
     pytest.importorskip("deepspeed")
     flags = set_flags({**TWO_PROCESSES, "hardware.deepspeed": f"zero{stage}", "output.checkpoints_dir": tmp_path / "ck"})
+    environment = dict(os.environ)
     assert main(["run", SMOKE, "--results-dir", str(tmp_path / "results"), *flags]) == 0
+    assert dict(os.environ) == environment  # torch elastic's OMP_NUM_THREADS=1 must not reach the next run
     result = only_result(tmp_path / "results")
     ran, ddp = result["ran"], two_process_run["ran"]
     assert result["status"] == "completed"
