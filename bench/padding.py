@@ -54,8 +54,9 @@ def run_arms(args: argparse.Namespace) -> dict[str, list[Path]]:
     """Every arm for every seed, seed by seed; the result files of each arm."""
     plans = {}
     for arm, (recipe_name, extra) in ARMS.items():
-        plans[arm] = repeat_plans(load_recipe(recipe_name, overrides(args) + extra), args.seeds, str(args.results_dir))
-        check(plans[arm][0])  # the stack and the data, before anything runs
+        recipe = load_recipe(recipe_name, overrides(args) + extra)
+        check(recipe)  # the stack and the data, before anything runs
+        plans[arm] = repeat_plans(recipe, args.seeds, str(args.results_dir))
     paths: dict[str, list[Path]] = {arm: [] for arm in ARMS}
     for seed in range(args.seeds):
         for arm in ARMS:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.plan import Plan
+from harness.plan import Plan, make_plan
 from harness.recipe import REPO_RECIPES, Recipe, RecipeError, find_recipe, load_recipe, recipe_files
 
 
@@ -53,9 +53,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.results import result_path
 
     recipes = [load_recipe(name, args.set) for name in args.recipes]  # all validated before any run starts
+    for recipe in recipes:
+        check(recipe)  # the stack and the data of every run, before the first one starts
     plans = [plan for recipe in recipes for plan in repeat_plans(recipe, args.repeats, args.results_dir)]
-    for plan in plans:
-        check(plan)  # the stack and the data of every run, before the first one starts
     role = MachineRole(args.machine_rank, args.main_process_ip, args.main_process_port)
     paths, failed = [], 0
     for plan in plans:
@@ -78,7 +78,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def repeat_plans(recipe: Recipe, repeats: int, results_dir: str | None) -> list[Plan]:
     """One plan, or one per seed train.seed .. train.seed + repeats - 1, tagged as one group; data.seed stays,
     so every repeat trains and is evaluated on the same data."""
-    from harness.plan import make_plan
     from harness.results import new_run_id
 
     if repeats == 1:

@@ -29,6 +29,7 @@ model FLOP/s over the peak of all devices in the run.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,8 +83,10 @@ class FlopsModel:
     attention_windows: list[int | None]  # per layer; None: global attention
 
     def training_flops(self, lengths: list[int]) -> float:
+        """Called every step on the host: a sum per distinct window (ModernBERT has two), not per layer."""
         dense = 6 * self.per_token_params * sum(lengths) + 6 * self.per_sequence_params * len(lengths)
-        pairs = sum(n * (n if window is None else min(n, window)) for window in self.attention_windows for n in lengths)
+        pairs = sum(layers * sum(n * min(n, window or n) for n in lengths)
+                    for window, layers in Counter(self.attention_windows).items())  # fmt: skip
         return float(dense + 12 * self.hidden_size * pairs)
 
     def to_dict(self) -> dict[str, Any]:

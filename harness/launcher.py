@@ -25,9 +25,9 @@ from harness.distributed import accelerate_config, cpu_threads_per_process, deep
 from harness.errors import HarnessError
 from harness.failures import BAD_INPUT_EXIT, LAUNCHED_ENV, MAX_MESSAGE, record_failure
 from harness.plan import Plan
+from harness.recipe import Recipe
 from harness.results import result_path, utc_now
 
-ERROR_FILE = "error.json"  # a one-process run's exception (torch elastic's error file), in the run folder
 
 
 class RunFailed(RuntimeError):
@@ -55,19 +55,20 @@ class MachineRole:
     main_process_port: int | None = None
 
 
-def check(plan: Plan) -> None:
+def check(recipe: Recipe) -> None:
     """Everything that can fail before a process starts: the installed stack (preflight) and the data, loaded
-    and checked once here (which also fills the datasets cache, so N processes do not download it N times)."""
+    and checked once here (which also fills the datasets cache, so N processes do not download it N times).
+    The seed plays no part in either, so the repeats of a recipe need one check."""
     from harness.data import load_labelled
     from harness.preflight import preflight
 
-    preflight(plan.recipe)
-    load_labelled(plan.recipe.data)
+    preflight(recipe)
+    load_labelled(recipe.data)
 
 
 def launch(plan: Plan, role: MachineRole | None = None, resume: bool = False, checked: bool = False) -> Path:
     """Run the plan in processes of its own; return the result file's path, or raise RunFailed after recording
-    the failure. checked=True: `check(plan)` has already passed.
+    the failure. checked=True: `check(plan.recipe)` has already passed.
 
     resume=True (restartable containers): the run saves its training state at every epoch end, and a new
     attempt with the same plan continues from the last one saved in the run folder; a run that already
@@ -78,7 +79,7 @@ def launch(plan: Plan, role: MachineRole | None = None, resume: bool = False, ch
     if plan.resumable and done.is_file():
         return done
     if not checked:
-        check(plan)
+        check(plan.recipe)
     return _launch_processes(plan, role or MachineRole())
 
 
@@ -86,7 +87,6 @@ def write_launch_files(plan: Plan) -> tuple[Path, Path]:
     """The run folder's plan.json, deepspeed.json (if any) and accelerate.yaml; returns (config, plan) paths."""
     run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=plan.resumable)  # only a resumed attempt reuses its run folder
-    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # a resumed attempt's error is its own
     plan_file = plan.write(run_dir / "plan.json")
     deepspeed_file = None
     if plan.recipe.hardware.deepspeed:
@@ -103,14 +103,16 @@ def _launch_processes(plan: Plan, role: MachineRole) -> Path:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     started_at = utc_now()
+    # one process has no torch elastic: its exception goes to a file of this attempt's own, as elastic's would
+    error_file = plan.run_dir / f"error-{started_at.replace(':', '')}.json"
     config_file, plan_file = write_launch_files(plan)
     args = launch_command_parser().parse_args(
         launch_arguments(config_file, plan_file, role.machine_rank, role.main_process_ip, role.main_process_port)
     )
     threads = cpu_threads_per_process(plan.recipe, torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"))
     env = {LAUNCHED_ENV: "1", "OMP_NUM_THREADS": threads}
-    if not plan.recipe.hardware.distributed:  # one process, no torch elastic: its exception goes where elastic's would
-        env["TORCHELASTIC_ERROR_FILE"] = str(plan.run_dir / ERROR_FILE)
+    if not plan.recipe.hardware.distributed:
+        env["TORCHELASTIC_ERROR_FILE"] = str(error_file)
     if plan.recipe.hardware.device == "cpu" and not plan.recipe.hardware.deepspeed:
         # gloo on CPU; without it each process would train alone. (DeepSpeed on CPU sets up gloo itself, and
         # accelerate would drop DeepSpeed for this flag.)
@@ -119,7 +121,7 @@ def _launch_processes(plan: Plan, role: MachineRole) -> Path:
         with launch_environment(env):
             launch_command(args)
     except (ChildFailedError, subprocess.CalledProcessError) as failure:
-        error = failure_info(failure, plan.run_dir)
+        error = failure_info(failure, error_file)
         if error["exitcode"] == BAD_INPUT_EXIT and error["signal"] is None:
             raise HarnessError(f"run {plan.run_id} stopped on bad input: its error is printed above") from None
         if plan.resumable and error["signal"] in INTERRUPTING_SIGNALS:
@@ -143,7 +145,7 @@ def launch_environment(settings: dict[str, str]):
         os.environ.update(saved)
 
 
-def failure_info(failure: Exception, run_dir: Path) -> dict[str, Any]:
+def failure_info(failure: Exception, error_file: Path) -> dict[str, Any]:
     """What failed where, from torch elastic's record of the first failing rank (several processes) or from the
     one process's exit code and error file."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
@@ -153,7 +155,7 @@ def failure_info(failure: Exception, run_dir: Path) -> dict[str, Any]:
         failed_ranks = sorted(failure.failures)
     else:
         rank, failed_ranks = 0, [0]
-        info = ProcessFailure(local_rank=0, pid=-1, exitcode=failure.returncode, error_file=str(run_dir / ERROR_FILE))
+        info = ProcessFailure(local_rank=0, pid=-1, exitcode=failure.returncode, error_file=str(error_file))
     # an exception's error file holds {"message": "Type: text", "extraInfo": {"py_callstack": ...}}
     recorded = info.message if isinstance(info.message, dict) else {"message": info.message}
     callstack = recorded.get("extraInfo", {}).get("py_callstack", "")

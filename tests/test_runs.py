@@ -86,3 +86,16 @@ def test_a_bf16_checkpoint_evaluates_as_its_run_did(tmp_path, save_best):
     assert evaluation["ran"]["mixed_precision"] == "bf16"
     for key in ("accuracy", "f1_macro", "loss"):
         assert evaluation["accuracy"]["test"][key] == pytest.approx(result["accuracy"]["test"][key], abs=1e-6), key
+
+
+def test_a_failing_one_process_run_is_recorded_with_its_exception(tmp_path):
+    """A worker that raises (here: 384 hidden units cannot split into 5 heads, found only when the model is
+    built) leaves a failed result naming the exception, through torch elastic's error file of the attempt."""
+    recipe = recipe_file(tmp_path, "broken", model={"config_overrides": {"num_attention_heads": 5}})
+    assert main(["run", recipe, "--results-dir", str(tmp_path / "results")]) == 1
+    (result,) = results_in(tmp_path / "results")
+    assert result["status"] == "failed" and result["speed"] is None
+    error = result["error"]
+    assert error["rank"] == 0 and error["exitcode"] == 1 and error["signal"] is None
+    assert error["message"].startswith("ValueError") and "attention heads" in error["message"]
+    assert error["traceback"]  # the last lines of the worker's stack
