@@ -8,10 +8,12 @@ installed stack (is flash-attn there? can this GPU run bf16?) live in
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -33,9 +35,25 @@ MIXED_PRECISION = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}  # precision.dt
 
 YAML_BOOL_WORDS = {False: ("no", "off"), True: ("yes", "on")}
 
+# a recipe's name is a folder under output.results_dir and output.checkpoints_dir: nothing that climbs out of them
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_MAX = 100
+NAME_RULE = f"letters, digits, '.', '_' and '-', starting with a letter or digit, at most {NAME_MAX} characters"
+
 
 class RecipeError(HarnessError, ValueError):
     """A recipe that cannot run; the message names the field and the fix."""
+
+
+def is_valid_name(name: str) -> bool:
+    """True when name can be a recipe's name (see NAME_RULE)."""
+    return len(name) <= NAME_MAX and NAME.fullmatch(name) is not None
+
+
+def suggested_name(text: str) -> str:
+    """A valid name close to text: other characters become '-', leading '.', '_' and '-' go."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).lstrip("._-")[:NAME_MAX]
+    return cleaned or "my-recipe"
 
 
 @dataclass
@@ -75,6 +93,7 @@ class DataSpec:
     text_column: str = "text"
     label_column: str = "label"
     max_length: int = 512
+    clamp_max_length: bool = False  # above the model's position limit: clamp to it (recorded), else an error
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     group_by_length: bool = True
@@ -222,6 +241,11 @@ class Recipe:
     output: OutputSpec = field(default_factory=OutputSpec)
 
     def check(self) -> None:
+        if not is_valid_name(self.name):
+            raise RecipeError(
+                f"name: {self.name!r} cannot name the run's folders; use {NAME_RULE}, "
+                f"for example name: {suggested_name(self.name)}"
+            )
         for section in (self.model, self.data, self.train, self.collector, self.hardware):
             section.check()
         if self.model.attn_implementation == "flash_attention_2" and self.precision.dtype == "fp32":
@@ -294,7 +318,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
     elif origin is dict:
         if isinstance(value, dict):
-            return dict(value)
+            return _json_mapping(value, where)
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
             return _build(tp, value, where)
@@ -306,11 +330,36 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _finite(value, where)
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, (int, float, bool)):
+            raise RecipeError(
+                f"{where}: got {value!r} ({type(value).__name__}); expected str: put the text in quotes, "
+                "as YAML reads it as a number or a boolean otherwise"
+            )
     raise RecipeError(f"{where}: got {value!r} ({type(value).__name__}); expected {_type_name(tp)}")
+
+
+def _finite(value: int | float, where: str) -> float:
+    """value as a float; inf, nan and numbers too large for a float are refused."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise RecipeError(f"{where}: got {value!r}; expected a finite number")
+    return number
+
+
+def _json_mapping(value: dict[Any, Any], where: str) -> dict[Any, Any]:
+    """A copy of value, which must hold only what JSON holds: recipes are hashed and recorded as JSON."""
+    try:
+        json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"{where}: {error}; use text, numbers, booleans, null, lists and mappings") from None
+    return dict(value)
 
 
 def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
@@ -343,38 +392,85 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     return recipe
 
 
+# --------------------------------------------------------------------------- YAML
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that gives one key twice: which of the values is meant is ambiguous."""
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no Python tags) that refuses a key given twice and reads floats as YAML 1.2 does:
+    3e-5 and 1e3 are numbers (YAML 1.1 reads them as text); a quoted '3e-5' stays text."""
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        _refuse_duplicate_keys(node)
+        return node
+
+
+RecipeLoader.add_implicit_resolver(  # after YAML 1.1's float and int resolvers, which read the other forms
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def _refuse_duplicate_keys(node: yaml.MappingNode) -> None:
+    """Raise DuplicateKeyError, naming the key and both its lines, when node gives a key twice."""
+    first_lines: dict[tuple[str, str], int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        line = key.start_mark.line + 1
+        if (key.tag, key.value) in first_lines:
+            first = first_lines[(key.tag, key.value)]
+            raise DuplicateKeyError(f"key {key.value!r} is given twice, on line {first} and line {line}; keep one")
+        first_lines[(key.tag, key.value)] = line
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """text read with RecipeLoader; a YAML error becomes a RecipeError that starts with source."""
+    try:
+        return yaml.load(text, Loader=RecipeLoader)
+    except (yaml.YAMLError, ValueError) as error:  # ValueError: a value no type holds, such as 2024-13-45
+        raise RecipeError(f"{source}: not valid YAML: {_one_line(error)}") from None
+
+
+def _one_line(error: Exception) -> str:
+    """An error of the YAML reader in one line: the problem and, where known, its line and column."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is not None and getattr(error, "problem", None):
+        return f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())
+
+
 # --------------------------------------------------------------------------- overrides
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """'train.learning_rate=3e-5' -> (['train', 'learning_rate'], 3e-05); values parse as YAML."""
+    """'train.learning_rate=3e-5' -> (['train', 'learning_rate'], 3e-05); the value is read as recipe YAML."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise RecipeError(f"--set {text!r}: expected KEY=VALUE, for example train.learning_rate=3e-5")
-    parsed = yaml.safe_load(value) if value.strip() else ""
-    if isinstance(parsed, str) and parsed == value.strip() and _looks_like_float(parsed):
-        parsed = float(parsed)  # YAML 1.1 reads "3e-5" as a string; a quoted '"3e-5"' stays one
-    return key.strip().split("."), parsed
-
-
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def _looks_like_float(text: str) -> bool:
-    """A plain decimal number such as 3e-5 or 1.0e5 (not 'inf' or 'nan', which stay text)."""
-    return _FLOAT.fullmatch(text) is not None
+    path = [part.strip() for part in key.split(".")]
+    if not all(path):
+        raise RecipeError(
+            f"--set {text!r}: the key '{key.strip()}' has an empty part; write dotted keys such as train.learning_rate"
+        )
+    return path, parse_yaml(value, f"--set {text!r}") if value.strip() else ""
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of raw with each dotted override set (unknown keys fail at validation)."""
-    result = json.loads(json.dumps(raw))
+    result = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
         node = result
-        for part in path[:-1]:
+        for depth, part in enumerate(path[:-1], start=1):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise RecipeError(f"--set {text!r}: '{part}' is not a section")
+                raise RecipeError(f"--set {text!r}: '{'.'.join(path[:depth])}' is not a section (it holds {node!r})")
         node[path[-1]] = value
     return result
 
@@ -384,9 +480,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise RecipeError(f"{path}: not valid YAML: {error}") from None
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise RecipeError(f"{path}: cannot read the file: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise RecipeError(f"{path}: not UTF-8 text: {error}") from None
+    raw = parse_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: must hold a mapping of sections (model:, data:, ...)")
     return raw
@@ -425,26 +524,54 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _extended_file(path: Path, base: Any, root: Path | None) -> Path:
+    """The file that `extends: base` in the file at path names; errors start with path."""
+    if not isinstance(base, str) or not base.strip():
+        raise RecipeError(f"{path}: extends: got {base!r}; expected a recipe name or the path of its YAML file")
+    if base.endswith((".yaml", ".yml")) or "/" in base:  # a path, read from the folder of the file that holds it
+        target = path.parent / base
+        if not target.is_file():
+            raise RecipeError(f"{path}: extends: {target} does not exist (a relative path starts at {path.parent})")
+        return target
+    try:
+        return find_recipe(base, root)
+    except RecipeError as error:
+        raise RecipeError(f"{path}: extends: {error}") from None
+
+
 def read_recipe_file(path: Path, root: Path | None = None, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The file's mapping; a file that says `extends: OTHER` is OTHER with this file's values laid over it."""
     raw = _read_yaml(path)
-    base = raw.pop("extends", None)
-    if base is None:
+    if "extends" not in raw:
         return raw
-    base_path = find_recipe(str(base), root)
-    if base_path.resolve() in seen or base_path.resolve() == path.resolve():
-        raise RecipeError(f"{path}: extends: '{base}' makes a cycle")
-    parent = read_recipe_file(base_path, root, seen + (path.resolve(),))
+    base = raw.pop("extends")
+    base_path = _extended_file(path, base, root)
+    chain = (*seen, path.resolve())
+    if base_path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
+        raise RecipeError(f"{path}: extends: '{base}' makes a cycle: {cycle}")
+    parent = read_recipe_file(base_path, root, chain)
     parent.pop("name", None)  # a name belongs to its own file
     return deep_merge(parent, raw)
+
+
+def _name_of_file(path: Path) -> str:
+    """The name of a recipe that sets no `name:`: its file stem, which must then be a valid name."""
+    if not is_valid_name(path.stem):
+        raise RecipeError(
+            f"name: the file name {path.stem!r} is not a valid recipe name ({NAME_RULE}); rename the file, "
+            f"for example to {suggested_name(path.stem)}{path.suffix}, or set name: in it"
+        )
+    return path.stem
 
 
 def load_recipe(name_or_path: str, overrides: list[str] = (), root: Path | None = None) -> Recipe:
     """Find, read, override and validate a recipe; errors name the file and the field."""
     path = find_recipe(name_or_path, root)
     raw = apply_overrides(read_recipe_file(path, root), list(overrides))
-    raw.setdefault("name", path.stem)
     try:
+        if "name" not in raw:
+            raw["name"] = _name_of_file(path)
         return recipe_from_dict(raw)
     except RecipeError as error:
         raise RecipeError(f"{path}: {error}") from None
