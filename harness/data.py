@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import datasets
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict
+from datasets.exceptions import DatasetGenerationError
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
@@ -60,8 +62,20 @@ def load_raw(spec: DataSpec) -> tuple[DatasetDict, str | None]:
         if missing:
             raise DataError(f"data.{missing[0]} is not in {spec.name} (it has: {', '.join(loaded)})")
         return DatasetDict({key: loaded[name] for key, name in wanted.items() if name}), commit
+    return load_files(split_files(spec), spec.source), None
+
+
+def split_files(spec: DataSpec) -> dict[str, str]:
+    """The recipe's file of each split it has (none for Hub data), so that errors can name the file."""
+    if spec.source == "hub":
+        return {}
     files = {"train": spec.train_file, "validation": spec.validation_file, "test": spec.test_file}
-    return load_files({key: path for key, path in files.items() if path}, spec.source), None
+    return {split: path for split, path in files.items() if path}
+
+
+def where(split: str, files: dict[str, str]) -> str:
+    """How an error names a split: with its file when it came from one."""
+    return f"{split} split ({files[split]})" if split in files else f"{split} split"
 
 
 def load_hub_dataset(spec: DataSpec) -> tuple[DatasetDict, str | None]:
@@ -73,11 +87,75 @@ def load_hub_dataset(spec: DataSpec) -> tuple[DatasetDict, str | None]:
     return builder.as_dataset(), None if Path(spec.name).exists() else builder.hash
 
 
+# keep_default_na=False: a CSV text "None" or "NA" stays text; truly empty cells are caught by check_texts.
+# batch_size: datasets reads Parquet in batches of the first row group's size, 0 in a file without rows, which
+# fails with a Parquet error instead of reaching the "no rows" check.
+READ_OPTIONS = {"csv": {"keep_default_na": False}, "parquet": {"batch_size": 10_000}}
+FORMATS = {
+    "csv": "CSV (a header row, then one row per example)",
+    "json": "JSON lines (one JSON object per line)",
+    "parquet": "Parquet",
+}
+OPEN_FIXES = {
+    FileNotFoundError: "fix the path",
+    IsADirectoryError: "give the path of a data file, not of a folder",
+    PermissionError: "make it readable (chmod a+r) or copy it somewhere readable",
+}
+
+
 def load_files(files: dict[str, str], source: str) -> DatasetDict:
     """Local CSV, JSON lines or Parquet files, one per split."""
-    # keep_default_na=False: a CSV text "None" or "NA" stays text; truly empty cells are caught by check_texts.
-    extra = {"keep_default_na": False} if source == "csv" else {}
-    return datasets.load_dataset(source, data_files=files, **extra)
+    return DatasetDict({split: load_file(path, source, where(split, files)) for split, path in files.items()})
+
+
+def load_file(path: str, source: str, named: str) -> Dataset:
+    """One split's file, read on its own so that its columns cannot break another file's read (datasets
+    caches each). Every way a file can fail to read is an input error naming it (`named`: the split and the
+    file), raised before any model loads; datasets would report most as a generic generation error."""
+    check_readable(path, named)
+    if source != "parquet":
+        check_utf8(path, named)
+    split = "data"  # the builder's name for the file's one split
+    builder = datasets.load_dataset_builder(source, data_files={split: path}, **READ_OPTIONS.get(source, {}))
+    try:
+        builder.download_and_prepare()
+    except (DatasetGenerationError, ValueError) as error:  # pyarrow's and pandas' parse errors are ValueErrors
+        cause = error.__cause__ or error
+        raise DataError(
+            f"{named}: cannot be read as {FORMATS[source]} ({type(cause).__name__}: {cause}); "
+            "fix the file or convert it to that format"
+        ) from error
+    if not builder.info.splits[split].num_examples:
+        raise DataError(f"{named}: the file has no data rows (a header at most); add rows or use another file")
+    return builder.as_dataset(split)
+
+
+def check_readable(path: str, named: str) -> None:
+    """A file that is missing, a folder, unreadable or empty is said to be so, with the fix."""
+    try:
+        with open(path, "rb") as handle:
+            empty = not handle.read(1)
+    except OSError as error:
+        fix = OPEN_FIXES.get(type(error), "check the path")
+        raise DataError(f"{named}: cannot be read ({error.strerror}); {fix}") from None
+    if empty:
+        raise DataError(f"{named}: the file is empty (0 bytes); write the data into it or use another file")
+
+
+def check_utf8(path: str, named: str) -> None:
+    """CSV and JSON lines are read as UTF-8: pandas stops at other bytes with a bare decoding error, and
+    pyarrow's JSON reader keeps them, to fail later wherever the text is read. Line by line: a newline byte
+    never occurs inside a UTF-8 character, so each line decodes on its own."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                utf8 = Path(path).with_stem(f"{Path(path).stem}-utf8")
+                raise DataError(
+                    f"{named}: not UTF-8 text (line {number} holds the byte 0x{line[error.start]:02x}); "
+                    f"re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > {utf8}"
+                ) from None
 
 
 def source_of(path: str) -> str:
@@ -89,27 +167,58 @@ def source_of(path: str) -> str:
     return loaders[suffix]
 
 
-def check_columns(data: DatasetDict, spec: DataSpec) -> None:
-    for split, ds in data.items():
-        for key in ("text_column", "label_column"):
-            column = getattr(spec, key)
-            if column not in ds.column_names:
-                raise DataError(
-                    f"data.{key}: column '{column}' is not in the {split} split "
-                    f"(columns: {', '.join(ds.column_names)}); set data.{key} to one of them"
-                )
+def check_columns(data: DatasetDict, spec: DataSpec, files: dict[str, str]) -> None:
+    """The text and label columns in every split; a column only some files lack is a fault of those files."""
+    for key in ("text_column", "label_column"):
+        column = getattr(spec, key)
+        lacking = [split for split, ds in data.items() if column not in ds.column_names]
+        if not lacking:
+            continue
+        having = [split for split in data if split not in lacking]
+        fix = (
+            f"name that column '{column}' in the file, as the {', '.join(having)} split's file does"
+            if having
+            else f"set data.{key} to one of them"
+        )
+        raise DataError(
+            f"data.{key}: column '{column}' is not in the {where(lacking[0], files)} "
+            f"(columns: {', '.join(data[lacking[0]].column_names)}); {fix}"
+        )
 
 
-def check_texts(data: DatasetDict, column: str) -> None:
+def check_texts(data: DatasetDict, column: str, files: dict[str, str]) -> None:
     """Empty, blank or missing texts are an error: they would train on nothing but the special tokens."""
+    check_filled(data, column, files, is_empty_text, "empty or missing text(s)", "remove or fill them")
+
+
+def check_labels(data: DatasetDict, column: str, files: dict[str, str]) -> None:
+    """Missing labels are an error: a blank label would become a class of its own, never predicted, and
+    deflate every macro average."""
+    check_filled(data, column, files, is_missing, "missing label(s)", "label those rows or remove them")
+
+
+def is_missing(value: Any) -> bool:
+    """None, NaN, or a string of nothing but whitespace."""
+    return (
+        value is None
+        or (isinstance(value, float) and math.isnan(value))
+        or (isinstance(value, str) and not value.strip())
+    )
+
+
+def is_empty_text(value: Any) -> bool:
+    """Missing, or not text at all."""
+    return not isinstance(value, str) or is_missing(value)
+
+
+def check_filled(data: DatasetDict, column: str, files: dict[str, str], is_bad: Callable[[Any], bool],
+                 what: str, fix: str) -> None:  # fmt: skip
+    """Raise naming the split, its file, the column and the first bad rows (0-based, header excluded)."""
     for split, ds in data.items():
-        bad = [i for i, text in enumerate(ds[column]) if not isinstance(text, str) or not text.strip()]
+        bad = [i for i, value in enumerate(ds[column]) if is_bad(value)]
         if bad:
             rows = ", ".join(str(i) for i in bad[:5])
-            raise DataError(
-                f"{split} split: {len(bad)} empty or missing text(s) in column '{column}' (rows {rows}); "
-                "remove or fill them"
-            )
+            raise DataError(f"{where(split, files)}: {len(bad)} {what} in column '{column}' (rows {rows}); {fix}")
 
 
 def label_names_from_train(train: Dataset, column: str) -> list[str]:
@@ -218,8 +327,10 @@ def load_labelled(spec: DataSpec) -> Labelled:
     """Raw splits → checked, label-encoded train/validation(/test), subsets applied. No tokenising yet.
     The validation split and the subsets are drawn with data.seed, never with the training seed."""
     data, commit = load_raw(spec)
-    check_columns(data, spec)
-    check_texts(data, spec.text_column)
+    files = split_files(spec)
+    check_columns(data, spec, files)
+    check_texts(data, spec.text_column, files)
+    check_labels(data, spec.label_column, files)
     labels = LabelInfo(label_names_from_train(data["train"], spec.label_column))
     data = encode_labels(data, spec.label_column, labels.names)
     if "validation" not in data:

@@ -14,7 +14,7 @@ from datasets import DatasetDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from harness.data import (
-    DataError, check_texts, encode_labels, eval_loader, load_files, load_labelled, source_of, tokenize,
+    DataError, check_labels, check_texts, encode_labels, eval_loader, load_files, load_labelled, source_of, tokenize,
 )  # fmt: skip
 from harness.environment import collect_environment
 from harness.evaluation import Evaluation, evaluate
@@ -56,16 +56,18 @@ def run_precision(info: dict[str, Any]) -> str:
     return MIXED_PRECISION[dtype]
 
 
-def read_file(file: str, text_column: str, label_column: str | None = None) -> DatasetDict:
-    """A CSV / JSON lines / Parquet file as one split, its columns and texts checked, text in "text"."""
-    if not Path(file).is_file():
-        raise DataError(f"{file}: no such file")
-    data = load_files({"file": file}, source_of(file))
-    columns = data["file"].column_names
+def read_file(file: str, split: str, text_column: str, label_column: str | None = None) -> DatasetDict:
+    """A CSV / JSON lines / Parquet file as the one split `split`, its columns, texts and labels checked, text
+    in "text"."""
+    files = {split: file}
+    data = load_files(files, source_of(file))
+    columns = data[split].column_names
     for column, flag in ((text_column, "--text-column"), (label_column, "the recipe's data.label_column")):
         if column and column not in columns:
             raise DataError(f"{file}: no column '{column}' (columns: {', '.join(columns)}); check {flag}")
-    check_texts(data, text_column)
+    check_texts(data, text_column, files)
+    if label_column:
+        check_labels(data, label_column, files)
     return data.rename_column(text_column, "text") if text_column != "text" else data
 
 
@@ -86,14 +88,15 @@ def predict(checkpoint: str, file: str, *, top_k: int, output: str | None, text_
     out = Path(output or f"{file}.predictions.csv")
     if out.exists():
         raise FileExistsError(f"{out} exists; predictions never replace a file: pass another --output")
-    data = read_file(file, text_column)
-    texts = data["file"]["text"]
+    data = read_file(file, "predict", text_column)
+    texts = data["predict"]["text"]
     data = data.map(lambda _, i: {"row": i}, with_indices=True)
     accelerator, model, tokenizer = load_checkpoint(checkpoint, info)
     # the run's max_length, else the longest the model takes
     limit = info.get("recipe", {}).get("data", {}).get("max_length")
     spec = DataSpec(source="csv", train_file=file, max_length=limit or model.config.max_position_embeddings)
-    evaluation = _run_eval(accelerator, model, tokenizer, data.select_columns(["text", "row"]), spec, batch_size)["file"]
+    inputs = data.select_columns(["text", "row"])
+    evaluation = _run_eval(accelerator, model, tokenizer, inputs, spec, batch_size)["predict"]
     probs = evaluation.probs[np.argsort(evaluation.rows)]  # back to input order
     k = min(top_k, probs.shape[1])
     with out.open("x", newline="") as handle:  # "x": never overwrite an earlier predictions file
@@ -115,9 +118,8 @@ def evaluate_checkpoint(checkpoint: str, *, split: str | None, file: str | None,
     names = info["labels"]
     if file:
         spec = recipe.data if recipe else DataSpec(source="csv", train_file=file)
-        data = read_file(file, spec.text_column, spec.label_column)
-        data = DatasetDict({"eval": encode_labels(data, spec.label_column, names)["file"]})
         split_name = "eval"
+        data = encode_labels(read_file(file, split_name, spec.text_column, spec.label_column), spec.label_column, names)
     else:
         split_name = split or "test"
         spec = recipe.data

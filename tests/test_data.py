@@ -164,8 +164,8 @@ def test_empty_or_missing_text_names_split_and_row(tmp_path, train_df, source, s
     with pytest.raises(DataError) as info:
         load(spec(source, **frame_files), 0)
     message = str(info.value)
-    assert message.startswith(f"{split} split:")
-    assert "(rows 7)" in message and "'text'" in message
+    assert message.startswith(f"{split} split ({frame_files[f'{split}_file']}): 1 empty or missing text(s)")
+    assert "(rows 7)" in message and "'text'" in message and message.endswith("remove or fill them")
 
 
 @pytest.mark.parametrize(("field", "value"), [("text_column", "utterance"), ("label_column", "intent")])

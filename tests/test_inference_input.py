@@ -35,14 +35,28 @@ def test_labels_come_from_the_config_without_loading_weights(checkpoint):
 @pytest.mark.parametrize(("content", "expected"), [
     ("body,label\nhello,pos\n", "no column 'text'"),
     ("text,label\nhello,pos\n ,neg\n", "empty or missing text"),
+    ("", "the file is empty (0 bytes); write the data into it or use another file"),
+    ("text,label\n", "the file has no data rows (a header at most); add rows or use another file"),
 ])  # fmt: skip
 def test_predict_and_eval_reject_bad_files_first(checkpoint, tmp_path, capsys, content, expected):
     data = write(tmp_path, "data.csv", content)
     assert main(["predict", str(checkpoint), data, "--output", str(tmp_path / "out.csv")]) == 2
-    assert expected in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert expected in err and data in err and "Traceback" not in err
     assert main(["eval", str(checkpoint), "--file", data, "--results-dir", str(tmp_path / "r")]) == 2
-    assert expected in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert expected in err and data in err and "Traceback" not in err
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "r").exists()
+
+
+def test_eval_rejects_blank_labels_naming_the_rows(checkpoint, tmp_path, capsys):
+    data = write(tmp_path, "data.csv", "text,label\nhello,pos\nbye, \nhi,\n")
+    assert main(["eval", str(checkpoint), "--file", data, "--results-dir", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"error: eval split ({data}): 2 missing label(s) in column 'label' (rows 1, 2); "
+        "label those rows or remove them\n"
+    )
+    assert not (tmp_path / "r").exists()
 
 
 def test_eval_rejects_labels_the_model_does_not_know(checkpoint, tmp_path, capsys):
