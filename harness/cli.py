@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.failures import stopped_exit_code
 from harness.plan import Plan, make_plan
 from harness.recipe import REPO_RECIPES, Recipe, RecipeError, find_recipe, load_recipe, recipe_files
 
@@ -49,30 +50,38 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.compare import compare
-    from harness.launcher import MachineRole, RunFailed, check, launch
+    from harness.launcher import MachineRole, RunFailed, RunStopped, check, launch
     from harness.results import result_path
 
     recipes = [load_recipe(name, args.set) for name in args.recipes]  # all validated before any run starts
     for recipe in recipes:
-        check(recipe)  # the stack and the data of every run, before the first one starts
+        check(recipe, args.results_dir)  # the stack, the folders and the data of every run, before the first starts
     plans = [plan for recipe in recipes for plan in repeat_plans(recipe, args.repeats, args.results_dir)]
     role = MachineRole(args.machine_rank, args.main_process_ip, args.main_process_port)
-    paths, failed = [], 0
-    for plan in plans:
+    paths, failed, stopped_by = [], 0, None
+    for index, plan in enumerate(plans):
         seed = f", seed {plan.recipe.train.seed}" if plan.repeats else ""
         print(f"run {plan.run_id}: recipe {plan.recipe.name} (hash {plan.recipe.hash}{seed})", flush=True)
         try:
             paths.append(launch(plan, role, checked=True))
+        except RunStopped as stop:  # Ctrl-C or SIGTERM: record this run, start no other
+            print(f"STOPPED: {stop}", file=sys.stderr, flush=True)
+            paths.append(stop.path or result_path(Path(plan.results_dir), plan.recipe.name, plan.run_id))
+            stopped_by = stop.signal_name
         except RunFailed as error:
             print(f"FAILED: {error}", file=sys.stderr, flush=True)
             failed += 1
-            paths.append(result_path(Path(plan.results_dir), plan.recipe.name, plan.run_id))
+            paths.append(error.path or result_path(Path(plan.results_dir), plan.recipe.name, plan.run_id))
         print(f"result: {paths[-1]}", flush=True)
+        if stopped_by:
+            if plans[index + 1:]:
+                print(f"not started: {len(plans) - index - 1} run(s) after the stop", file=sys.stderr)
+            break
     existing = [str(p) for p in paths if p.is_file()]  # machines other than rank 0 write no results
     if existing:
         print()
         print(compare(existing, baseline="0" if len(existing) > 1 else None))
-    return 1 if failed else 0
+    return stopped_exit_code(stopped_by) if stopped_by else 1 if failed else 0
 
 
 def repeat_plans(recipe: Recipe, repeats: int, results_dir: str | None) -> list[Plan]:
@@ -96,8 +105,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     metrics = args.metrics.split(",") if args.metrics else DEFAULT_METRICS
     try:
         table = compare_table(args.paths, metrics, split=args.split, baseline=args.baseline, ratio_of=args.ratio_of,
-                              per_run=args.per_run)  # fmt: skip
-    except ValueError as error:  # unknown metric or baseline; the message lists the valid ones
+                              per_run=args.per_run, strict=args.strict)  # fmt: skip
+    except ValueError as error:  # unknown metric or baseline (the message lists the valid ones), unusable files
         raise HarnessError(str(error)) from None
     text = RENDERERS[args.format](table)
     print(text, end="" if text.endswith("\n") else "\n")
@@ -171,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--per-run", action="store_true",
                       help="one row per run, also for the runs of a --repeats group (default: their mean ± std)")
     comp.add_argument("--plot", type=Path, help="also draw the metrics as bar charts into this image (matplotlib)")
+    comp.add_argument("--strict", action="store_true",
+                      help="fail (exit 2) when a result file cannot be read or is not valid, instead of skipping "
+                           "it with a note under the table")  # fmt: skip
     comp.set_defaults(func=cmd_compare)
 
     pred = sub.add_parser("predict", help="write top-k predictions of a saved checkpoint for a file")
@@ -200,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     except (HarnessError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before any run started (a started run records where it stopped)
+        print("interrupted", file=sys.stderr)
+        return stopped_exit_code("SIGINT")
 
 
 if __name__ == "__main__":

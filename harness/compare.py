@@ -1,7 +1,8 @@
 """Comparison tables over result files: one row per run (or per group of repeated runs), one column per metric.
 
 ``build_table`` turns loaded result documents into a ``Table`` of raw values; ``render_markdown``,
-``render_csv`` and ``render_json`` print it; ``compare`` does both from paths (files or folders).
+``render_csv`` and ``render_json`` print it; ``compare`` does both from paths (files or folders), showing only
+files that pass the schema's validation: the others are skipped and named in the notes (``strict``: an error).
 Runs launched together by ``harness run --repeats N`` share a row: the mean over their seeds ± the standard
 deviation, with ``n`` runs. ``differs`` names the recipe settings that tell the rows apart.
 With a baseline row, every metric gets its change against it and a verdict: Welch's t over seeds for rows
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from harness import stats
-from harness.results import find_result_files, load_result
+from harness.results import ResultFileError, load_result, scan_result_files
 
 Getter = Callable[[dict[str, Any], str], Any]  # (result document, accuracy split) -> value or None
 PairedTest = Callable[[np.ndarray, np.ndarray, np.ndarray], stats.Comparison]  # (labels, preds a, preds b)
@@ -568,6 +569,55 @@ def plot_table(table: Table, path: Path) -> Path:
     return path
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+@dataclass
+class LoadedResults:
+    """The result files that passed validation with their documents, and what was left out and why."""
+
+    results: list[dict[str, Any]]
+    paths: list[Path]
+    skipped: list[str] = field(default_factory=list)  # per unusable file, why: "<path>: <what is wrong>"
+    ignored: list[Path] = field(default_factory=list)  # JSON files in folders that are not results
+
+    def notes(self) -> list[str]:
+        """Lines saying which files have no row and why, so that a missing run is never a mystery."""
+        lines = []
+        if self.skipped:
+            total = len(self.skipped) + len(self.results)
+            lines.append(f"skipped {len(self.skipped)} of {_count(total, 'result file')}, no row shown for them:")
+            lines.extend(f"- {reason}" for reason in self.skipped)
+        if self.ignored:
+            names = list(dict.fromkeys(path.name for path in self.ignored))
+            shown = ", ".join(names[:4]) + (", …" if len(names) > 4 else "")
+            lines.append(f"ignored {_count(len(self.ignored), 'JSON file')} in folders: not harness results ({shown})")
+        return lines
+
+
+def load_results(paths: list[str], strict: bool = False) -> LoadedResults:
+    """Every result file under paths that passes validation. A file that fails is skipped and named (with
+    strict, an error naming every such file); no readable result at all is an error naming what was skipped."""
+    found = scan_result_files(paths)
+    loaded = LoadedResults([], [], ignored=found.ignored)
+    for path in found.files:
+        try:
+            loaded.results.append(load_result(path))
+            loaded.paths.append(path)
+        except ResultFileError as error:
+            loaded.skipped.append(str(error))
+    reasons = "".join(f"\n  {reason}" for reason in loaded.skipped)
+    if strict and loaded.skipped:
+        raise ValueError(f"{_count(len(loaded.skipped), 'result file')} cannot be used (strict):{reasons}")
+    if not loaded.results:
+        message = f"no readable result file in {', '.join(map(str, paths))}"
+        if loaded.ignored:
+            message += f" ({_count(len(loaded.ignored), 'JSON file')} ignored: not harness results)"
+        raise ValueError(message + (f"; skipped:{reasons}" if reasons else ""))
+    return loaded
+
+
 def compare_table(
     paths: list[str],
     metrics: list[str] | None = None,
@@ -576,11 +626,15 @@ def compare_table(
     ratio_of: str = "train_samples_per_s",
     *,
     per_run: bool = False,
+    strict: bool = False,
 ) -> Table:
-    """The comparison table of the result files named by paths (files or folders)."""
-    files = find_result_files(paths)
-    results = [load_result(path) for path in files]
-    return build_table(results, metrics or DEFAULT_METRICS, split, baseline, ratio_of, per_run=per_run, paths=files)
+    """The comparison table of the result files named by paths (files or folders); files that cannot be
+    used are skipped and named in its notes (see load_results)."""
+    loaded = load_results(paths, strict=strict)
+    table = build_table(loaded.results, metrics or DEFAULT_METRICS, split, baseline, ratio_of, per_run=per_run,
+                        paths=loaded.paths)  # fmt: skip
+    table.notes = [*loaded.notes(), *table.notes]
+    return table
 
 
 def compare(paths: list[str], metrics: list[str] | None = None, fmt: str = "markdown", **options: Any) -> str:

@@ -14,8 +14,11 @@ import pytest
 import scipy.stats
 from sklearn.metrics import f1_score
 
+from harness.cli import main
 from harness.compare import DEFAULT_METRICS, build_table, compare, render_csv, render_json
-from harness.results import MemoryReport, RunResult, SpeedReport, load_result, result_path, write_new_json
+from harness.results import (
+    MemoryReport, RunResult, SpeedReport, load_result, result_path, result_problems, scan_result_files, write_new_json,
+)  # fmt: skip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -449,3 +452,108 @@ def test_plot_error_bars_are_std_for_repeats_and_stderr_for_single_runs(tmp_path
 def test_a_setting_only_some_runs_have_is_a_difference(tmp_path):
     results = write(tmp_path, make_result("old"), make_result("new", recipe={"model.compile": True}))
     assert [row["differs"] for row in build_table(results, ["mfu"]).rows] == ["", "model.compile=true"]
+
+
+def cli_compare(capsys, *arguments) -> tuple[int, str, str]:
+    """harness compare's exit code, stdout and stderr."""
+    code = main(["compare", *map(str, arguments)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def truncated_result(folder: Path) -> Path:
+    """A result file cut off in its fourth line, as by a full disk or a copy that stopped."""
+    path = folder / "tiny" / "run-cut.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{\n  "schema_version": "2.0",\n  "run_id": "run-cut",\n  "ki')
+    return path
+
+
+def test_a_truncated_file_is_skipped_and_named_and_the_other_rows_stay(tmp_path):
+    write(tmp_path, make_result("run-a"), make_result("run-b"))
+    cut = truncated_result(tmp_path)
+    text = compare([str(tmp_path)])
+    assert [row["run"] for row in markdown_rows(text)] == ["run-a", "run-b"]
+    assert notes(text) == [
+        "skipped 1 of 3 result files, no row shown for them:",
+        f"- {cut}: invalid JSON at line 4, column 3: Unterminated string starting at (the file ends there: truncated?)",
+    ]
+
+
+def test_a_file_with_wrong_field_types_is_never_a_row(tmp_path):
+    write(tmp_path, make_result("run-a"))
+    fast = make_result("run-fast")
+    fast["speed"]["train_samples_per_s"] = "fast"
+    write_new_json(tmp_path / "fast.json", fast)
+    write_new_json(tmp_path / "listed.json", make_result("run-listed") | {"accuracy": []})
+    text = compare([str(tmp_path)])
+    assert [row["run"] for row in markdown_rows(text)] == ["run-a"]
+    assert notes(text)[1:] == [
+        f"- {tmp_path / 'fast.json'}: not a valid result: speed.train_samples_per_s: expected a number or null, "
+        'got "fast"',
+        f"- {tmp_path / 'listed.json'}: not a valid result: accuracy: expected an object, got []",
+    ]
+
+
+@pytest.mark.parametrize(
+    "version, reason",
+    [("1.0", "schema version 1.0 is not readable: this harness reads 2.x"),
+     ("2.0", "not a valid result: run_id: missing (required)")],
+)  # fmt: skip
+def test_a_schema_version_alone_is_no_row(tmp_path, capsys, version, reason):
+    write(tmp_path, make_result("run-a"))
+    (tmp_path / "bare.json").write_text(json.dumps({"schema_version": version}))
+    code, out, err = cli_compare(capsys, tmp_path, "--format", "json")
+    assert code == 0 and [row["run"] for row in json.loads(out)] == ["run-a"]
+    assert "note: skipped 1 of 2 result files, no row shown for them:" in err
+    assert f"note: - {tmp_path / 'bare.json'}: {reason}" in err
+
+
+def test_checkpoints_beside_results_are_ignored_and_counted(tmp_path):
+    write(tmp_path, make_result("run-a"), make_result("run-b"))
+    run = tmp_path / "checkpoints" / "tiny" / "run-a"
+    (run / "best").mkdir(parents=True)
+    (run / "plan.json").write_text(json.dumps({"recipe": {"name": "tiny"}}))
+    (run / "best" / "config.json").write_text(json.dumps({"model_type": "bert", "num_labels": 2}))
+    (run / "best" / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {}}))
+    (run / "best" / "harness.json").write_text(json.dumps({"run_id": "run-a", "labels": ["a", "b"]}))
+    text = compare([str(tmp_path)])
+    assert [row["run"] for row in markdown_rows(text)] == ["run-a", "run-b"]
+    assert notes(text) == [
+        "ignored 4 JSON files in folders: not harness results (config.json, harness.json, tokenizer.json, plan.json)"
+    ]
+
+
+def test_strict_exits_2_naming_each_file(tmp_path, capsys):
+    write(tmp_path, make_result("run-a"))
+    cut = truncated_result(tmp_path)
+    code, out, err = cli_compare(capsys, tmp_path, "--strict")
+    assert code == 2 and out == ""
+    assert err.startswith("error: 1 result file cannot be used (strict):\n")
+    assert f"  {cut}: invalid JSON at line 4, column 3" in err
+    assert cli_compare(capsys, tmp_path)[0] == 0
+
+
+def test_no_readable_result_exits_2_naming_what_was_skipped(tmp_path, capsys):
+    cut = truncated_result(tmp_path)
+    (tmp_path / "bare.json").write_text('{"schema_version": "2.0"}')
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    code, out, err = cli_compare(capsys, tmp_path)
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: no readable result file in {tmp_path} (1 JSON file ignored: not harness results); "
+                          "skipped:\n")  # fmt: skip
+    assert f"  {tmp_path / 'bare.json'}: not a valid result" in err and f"  {cut}: invalid JSON" in err
+
+
+def test_committed_results_and_every_fixture_validate():
+    for path in scan_result_files([REPO / "results"]).files:
+        assert result_problems(load_result(path)) == []  # load_result raises, naming the file, on any problem
+    fixtures = [
+        make_result("full", accuracy=ACCURACY, cuda_bytes=2**31, global_batch=64, fingerprints={"test": "abc"}),
+        make_result("failed", status="failed"),
+        make_result("no-speed", samples_per_s=None),
+        *seeds("group", [90.0, 110.0]),
+    ]
+    assert {result["run_id"]: result_problems(result) for result in fixtures} == {
+        result["run_id"]: [] for result in fixtures
+    }
