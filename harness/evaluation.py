@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -12,6 +12,9 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from harness import metrics as metrics_lib
+
+if TYPE_CHECKING:
+    from harness.stopping import StopRequests
 
 
 @dataclass
@@ -40,9 +43,10 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def evaluate(model, loader, accelerator: Accelerator, device: str, desc: str) -> Evaluation:
+def evaluate(model, loader, accelerator: Accelerator, device: str, desc: str, stop: StopRequests | None = None) -> Evaluation:
     """Probabilities for every sample exactly once: gather_for_metrics drops the duplicates that
-    distributed samplers add to even out the last batch. Labels and row numbers travel with them."""
+    distributed samplers add to even out the last batch. Labels and row numbers travel with them.
+    stop: a training run's stop requests, checked after each batch (a long evaluation can be stopped)."""
     model.eval()
     collected: dict[str, list[torch.Tensor]] = {"probs": [], "labels": [], "row": []}
     synchronize(device)
@@ -54,6 +58,8 @@ def evaluate(model, loader, accelerator: Accelerator, device: str, desc: str) ->
             probs = model(**batch).logits.float().softmax(-1)
             for key, value in accelerator.gather_for_metrics({"probs": probs, **carried}).items():
                 collected[key].append(value.cpu())
+            if stop is not None:
+                stop.check()
     synchronize(device)
     seconds = time.perf_counter() - start
     model.train()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -23,10 +24,12 @@ import yaml
 
 from harness.distributed import accelerate_config, cpu_threads_per_process, deepspeed_config, launch_arguments
 from harness.errors import HarnessError
-from harness.failures import BAD_INPUT_EXIT, LAUNCHED_ENV, MAX_MESSAGE, record_failure
+from harness.failures import (
+    BAD_INPUT_EXIT, LAUNCHED_ENV, MAX_MESSAGE, exception_note, record_failure, signal_of_exit_code,
+)  # fmt: skip
 from harness.plan import Plan
 from harness.recipe import Recipe
-from harness.results import result_path, utc_now
+from harness.results import locate_result, result_path, utc_now
 
 
 
@@ -39,11 +42,21 @@ class RunFailed(RuntimeError):
         self.path = path
 
 
+class RunStopped(RunFailed):
+    """The run was stopped by a signal (Ctrl-C, a scheduler's SIGTERM); its result (status "interrupted", or
+    "completed" if it finished first) is at `path`. No further run of the command should start."""
+
+    def __init__(self, message: str, path: Path | None, signal_name: str):
+        super().__init__(message, path)
+        self.signal_name = signal_name
+
+
 class RunInterrupted(RuntimeError):
     """A resumable run's processes were stopped from outside (preemption): try again, it resumes."""
 
 
 INTERRUPTING_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")  # SIGKILL stays a failure: it is also how OOM kills
+ELASTIC_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")  # torch elastic's handlers, left installed after a run
 
 
 @dataclass
@@ -55,14 +68,14 @@ class MachineRole:
     main_process_port: int | None = None
 
 
-def check(recipe: Recipe) -> None:
-    """Everything that can fail before a process starts: the installed stack (preflight) and the data, loaded
-    and checked once here (which also fills the datasets cache, so N processes do not download it N times).
-    The seed plays no part in either, so the repeats of a recipe need one check."""
+def check(recipe: Recipe, results_dir: str | None = None) -> None:
+    """Everything that can fail before a process starts: the installed stack and the output folders (preflight)
+    and the data, loaded and checked once here (which also fills the datasets cache, so N processes do not
+    download it N times). The seed plays no part in either, so the repeats of a recipe need one check."""
     from harness.data import load_labelled
     from harness.preflight import preflight
 
-    preflight(recipe)
+    preflight(recipe, results_dir)
     load_labelled(recipe.data)
 
 
@@ -79,7 +92,7 @@ def launch(plan: Plan, role: MachineRole | None = None, resume: bool = False, ch
     if plan.resumable and done.is_file():
         return done
     if not checked:
-        check(plan.recipe)
+        check(plan.recipe, plan.results_dir)
     return _launch_processes(plan, role or MachineRole())
 
 
@@ -100,9 +113,10 @@ def write_launch_files(plan: Plan) -> tuple[Path, Path]:
 def _launch_processes(plan: Plan, role: MachineRole) -> Path:
     import torch
     from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    started_at = utc_now()
+    started_at, attempt_start = utc_now(), time.time()
     # one process has no torch elastic: its exception goes to a file of this attempt's own, as elastic's would
     error_file = plan.run_dir / f"error-{started_at.replace(':', '')}.json"
     config_file, plan_file = write_launch_files(plan)
@@ -119,30 +133,88 @@ def _launch_processes(plan: Plan, role: MachineRole) -> Path:
         env["ACCELERATE_USE_CPU"] = "1"
     try:
         with launch_environment(env):
-            launch_command(args)
+            # torch elastic (several processes, DeepSpeed, FSDP) passes a signal on to its workers itself
+            launch_command(args) if plan.recipe.hardware.distributed else launch_one_process(args)
+    except (SignalException, StoppedFromOutside) as stop:
+        stopped(plan, role, started_at, stop.sigval.name if isinstance(stop, SignalException) else stop.signal_name)
     except (ChildFailedError, subprocess.CalledProcessError) as failure:
         error = failure_info(failure, error_file)
+        note = exception_note(plan.run_dir, error["rank"], since=attempt_start) or {}
+        error.update({k: v for k, v in note.items() if k not in error or k == "type"})  # the worker's exception type
         if error["exitcode"] == BAD_INPUT_EXIT and error["signal"] is None:
             raise HarnessError(f"run {plan.run_id} stopped on bad input: its error is printed above") from None
-        if plan.resumable and error["signal"] in INTERRUPTING_SIGNALS:
-            raise RunInterrupted(f"run {plan.run_id}: rank {error['rank']} stopped by {error['signal']}") from None
+        signal_name = error["signal"] or signal_of_exit_code(error["exitcode"])
+        if signal_name in INTERRUPTING_SIGNALS:  # a worker stopped from outside (and, if it could, recorded it)
+            stopped(plan, role, started_at, signal_name)
         path = record_failure(plan, started_at, error) if role.machine_rank == 0 else None
         message = f"run {plan.run_id}: rank {error['rank']} failed (exit code {error['exitcode']}); result: {path}"
         raise RunFailed(message, path) from None
-    return result_path(Path(plan.results_dir), plan.recipe.name, plan.run_id)
+    return locate_result(Path(plan.results_dir), plan.recipe.name, plan.run_id) or result_path(
+        Path(plan.results_dir), plan.recipe.name, plan.run_id
+    )
+
+
+class StoppedFromOutside(Exception):
+    """This process received a stop signal while its one worker ran (and passed it on)."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def launch_one_process(args: Any) -> None:
+    """accelerate's one-process launch, with the worker in a session of its own: a Ctrl-C at the terminal reaches
+    it once, passed on by this process, which also passes on a SIGTERM sent to it alone (accelerate's launch
+    would leave the worker running). A second Ctrl-C, passed on too, stops the worker at once."""
+    from accelerate.commands.launch import _validate_launch_command
+    from accelerate.utils.launch import prepare_simple_launcher_cmd_env
+
+    args, _, _ = _validate_launch_command(args)  # fills the arguments from the run's accelerate.yaml
+    command, env = prepare_simple_launcher_cmd_env(args)
+    worker = subprocess.Popen(command, env=env, start_new_session=True)
+    received: list[str] = []
+
+    def pass_on(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        worker.send_signal(signum)
+
+    for name in INTERRUPTING_SIGNALS:
+        signal.signal(signal.Signals[name], pass_on)  # launch_environment restores the handlers afterwards
+    worker.wait()
+    if received:
+        raise StoppedFromOutside(received[0])
+    if worker.returncode:
+        raise subprocess.CalledProcessError(worker.returncode, command)
+
+
+def stopped(plan: Plan, role: MachineRole, started_at: str, signal_name: str) -> None:
+    """A run stopped by a signal: a resumable one is tried again (it resumes); otherwise its result is what the
+    worker recorded, or, if the worker could not record it (stopped at once), an interrupted result here."""
+    if plan.resumable:
+        raise RunInterrupted(f"run {plan.run_id}: stopped by {signal_name}") from None
+    path = locate_result(Path(plan.results_dir), plan.recipe.name, plan.run_id)
+    if path is None and role.machine_rank == 0:
+        path = record_failure(plan, started_at, {"type": "Interrupted", "signal": signal_name, "rank": None,
+                                                 "message": f"stopped by {signal_name} before it could record its "
+                                                            "progress"}, status="interrupted")  # fmt: skip
+    raise RunStopped(f"run {plan.run_id}: stopped by {signal_name}; result: {path}", path, signal_name) from None
 
 
 @contextlib.contextmanager
 def launch_environment(settings: dict[str, str]):
     """This process's environment with settings laid over it for one launch, and afterwards exactly as it was:
-    torch elastic sets OMP_NUM_THREADS in its parent's environment, which would otherwise reach the next run."""
+    torch elastic sets OMP_NUM_THREADS in its parent's environment, which would otherwise reach the next run,
+    and leaves its signal handlers installed, which would turn a later Ctrl-C into its SignalException."""
     saved = dict(os.environ)
+    handlers = {name: signal.getsignal(signal.Signals[name]) for name in ELASTIC_SIGNALS}
     os.environ.update(settings)
     try:
         yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        for name, handler in handlers.items():
+            signal.signal(signal.Signals[name], handler)
 
 
 def failure_info(failure: Exception, error_file: Path) -> dict[str, Any]:

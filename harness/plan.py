@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.recipe import Recipe, recipe_from_dict
-from harness.results import new_run_id
+from harness.results import inside, new_run_id
 
 
 @dataclass
@@ -65,6 +65,6 @@ def make_plan(recipe: Recipe, results_dir: str | None = None, run_id: str | None
         recipe=recipe,
         run_id=run_id,
         results_dir=results_dir or recipe.output.results_dir,
-        checkpoint_dir=str(Path(recipe.output.checkpoints_dir) / recipe.name / run_id),
+        checkpoint_dir=str(inside(recipe.output.checkpoints_dir, recipe.name, run_id)),
         repeats=repeats,
     )

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.distributed import check_deepspeed
 from harness.errors import HarnessError
-from harness.recipe import Recipe
+from harness.recipe import ModelSpec, Recipe
 
 
 class PreflightError(HarnessError):
@@ -24,7 +26,8 @@ class PreflightError(HarnessError):
 class Decisions:
     device: str  # "cpu" or "cuda"
     attn_implementation: str  # what will be asked of transformers
-    fallbacks: list[dict[str, str]] = field(default_factory=list)
+    max_length: int  # tokens per text: data.max_length, or the model's position limit where clamping is allowed
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)
 
 
 def resolve_model_source(name: str) -> str:
@@ -39,6 +42,7 @@ def resolve_model_source(name: str) -> str:
             raise PreflightError(f"model.name: '{kind}' is not a transformers model type{hint}")
         return name
     if not name.startswith("package:"):
+        check_local_folder(name)
         return name  # a Hub id or a local folder
     package, _, folder = name.removeprefix("package:").partition("/")
     try:
@@ -51,6 +55,25 @@ def resolve_model_source(name: str) -> str:
     if not path.is_dir():
         raise PreflightError(f"model.name: {path} does not exist inside package '{package}'")
     return str(path)
+
+
+def looks_like_path(name: str) -> bool:
+    """A name only a local folder can have: a Hub id is 'name' or 'org/name'."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or name.endswith("/")
+
+
+def check_local_folder(name: str) -> None:
+    """A local model folder that is missing or holds no model says so, before any data is loaded (a Hub
+    library would answer "Repo id must be in the form ..." for a path it cannot find)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise PreflightError(f"model.name: {path} is a folder without config.json, not a saved model")
+    elif looks_like_path(name):
+        raise PreflightError(
+            f"model.name: {name} does not exist (relative paths are read from {Path.cwd()}); fix the path, "
+            "or give a Hub id such as 'org/model'"
+        )
 
 
 def _is_installed(module: str) -> bool:
@@ -110,10 +133,75 @@ def check_data_files(recipe: Recipe) -> None:
     for key in ("train_file", "validation_file", "test_file"):
         value = getattr(data, key)
         if value and not Path(value).is_file():
+            problem = "is a folder, not a file" if Path(value).is_dir() else "does not exist"
             raise PreflightError(
-                f"data.{key}: {value} does not exist (relative paths are read from {Path.cwd()}); "
+                f"data.{key}: {value} {problem} (relative paths are read from {Path.cwd()}); "
                 f"fix the path or override it: --set data.{key}=PATH"
             )
+
+
+def check_writable(folder: str, key: str) -> None:
+    """Create the folder and a probe file in it: a folder that cannot take a result or a checkpoint is found
+    before any data is loaded, not after training."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".harness-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise PreflightError(
+            f"output.{key}: {path} cannot be written ({error.strerror or error}); choose another folder: "
+            f"--set output.{key}=PATH"
+        ) from None
+
+
+# Models whose position ids start after the padding index (RoBERTa's family): max_position_embeddings counts
+# pad_token_id + 1 positions that no token uses (514 = 512 + 2 for roberta-base).
+POSITIONS_AFTER_PADDING = {
+    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "ibert", "longformer", "mpnet",
+    "roberta-prelayernorm", "xmod", "luke",
+}  # fmt: skip
+
+
+def model_config(spec: ModelSpec) -> Any:
+    """The model's config (a small file, no weights), with the recipe's overrides laid over it."""
+    from transformers import AutoConfig
+
+    if spec.name.startswith("config:"):
+        return AutoConfig.for_model(spec.name.removeprefix("config:"), **spec.config_overrides)
+    try:
+        return AutoConfig.from_pretrained(resolve_model_source(spec.name), revision=spec.revision,
+                                          trust_remote_code=spec.trust_remote_code, **spec.config_overrides)  # fmt: skip
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PreflightError(f"model.name: cannot read the config of '{spec.name}': {first_line}") from None
+
+
+def position_limit(config: Any) -> int | None:
+    """The longest input the model's position embeddings cover; None when positions are relative only
+    (DeBERTa-v3) or the config does not say."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None or getattr(config, "position_biased_input", True) is False:
+        return None
+    if config.model_type in POSITIONS_AFTER_PADDING:
+        return positions - (config.pad_token_id or 0) - 1
+    return positions
+
+
+def choose_max_length(recipe: Recipe, config: Any) -> tuple[int, list[dict[str, Any]]]:
+    """data.max_length if the model can take it; else the model's limit where the recipe allows clamping
+    (a recorded fallback), else an error before any data is loaded."""
+    requested, limit = recipe.data.max_length, position_limit(config)
+    if limit is None or requested <= limit:
+        return requested, []
+    why = f"{config.model_type} has position embeddings for {limit} tokens"
+    if not recipe.data.clamp_max_length:
+        raise PreflightError(
+            f"data.max_length: {requested} is longer than the model takes ({why}); set data.max_length: {limit}, "
+            "or allow clamping with data.clamp_max_length: true"
+        )
+    return limit, [{"what": "data.max_length", "requested": requested, "used": limit, "why": why}]
 
 
 def check_trackers(recipe: Recipe) -> None:
@@ -122,14 +210,18 @@ def check_trackers(recipe: Recipe) -> None:
             raise PreflightError(f"train.report_to: '{tracker}' is not installed; pip install {tracker}")
 
 
-def preflight(recipe: Recipe) -> Decisions:
-    """Every check that is cheap and needs no data or weights; returns the decisions the run will use."""
+def preflight(recipe: Recipe, results_dir: str | None = None) -> Decisions:
+    """Every check that is cheap and needs no data or weights; returns the decisions the run will use.
+    results_dir: where this run's result goes, when not the recipe's output.results_dir."""
     check_data_files(recipe)
+    check_writable(results_dir or recipe.output.results_dir, "results_dir")
+    check_writable(recipe.output.checkpoints_dir, "checkpoints_dir")
     check_trackers(recipe)
     check_deepspeed(recipe)
     for source in (recipe.model.name, recipe.model.tokenizer):
         if source:
             resolve_model_source(source)
+    max_length, clamped = choose_max_length(recipe, model_config(recipe.model))
     device = resolve_device(recipe.hardware.device)
     if recipe.hardware.fsdp and device != "cuda":
         raise PreflightError(
@@ -137,4 +229,4 @@ def preflight(recipe: Recipe) -> Decisions:
         )
     check_precision(recipe.precision.dtype, device)
     attn, fallbacks = choose_attention(recipe, device)
-    return Decisions(device=device, attn_implementation=attn, fallbacks=fallbacks)
+    return Decisions(device=device, attn_implementation=attn, max_length=max_length, fallbacks=fallbacks + clamped)

@@ -17,10 +17,14 @@ from harness.collector import merge_rank_logs, speed_report
 from harness.distributed import deepspeed_summary, fsdp_options
 from harness.environment import collect_environment
 from harness.evaluation import Evaluation
+from harness.failures import record_failure
 from harness.hardware import math_mode, peak_flops
-from harness.results import MemoryReport, RunResult, predictions_path, save_predictions, save_result, utc_now
+from harness.results import (
+    MemoryReport, RunResult, predictions_path, save_predictions, save_result, save_somewhere, utc_now,
+)  # fmt: skip
 
 if TYPE_CHECKING:
+    from harness.plan import Plan
     from harness.train import Outcome, Run
 
 
@@ -109,7 +113,13 @@ def gather_and_save(run: Run, outcome: Outcome, test: Evaluation | None, test_fr
     results_dir, name, run_id = Path(run.plan.results_dir), run.recipe.name, run.plan.run_id
     predictions = None
     if evaluations:
-        predictions = save_predictions(predictions_path(results_dir, name, run_id), prediction_arrays(evaluations))
+        arrays = prediction_arrays(evaluations)
+
+        def write(folder: Path) -> Path:
+            return save_predictions(predictions_path(folder, name, run_id), arrays)
+
+        predictions = save_somewhere(results_dir, write)
+        results_dir = predictions.parent.parent  # the result goes beside its predictions (a fallback if need be)
     result = build_result(run, outcome, test, test_from, logs, memory)
     result.predictions_file = predictions.name if predictions else None
     return save_result(results_dir, result)
@@ -157,3 +167,30 @@ def build_result(run: Run, outcome: Outcome, test: Evaluation | None, test_from:
         environment=collect_environment(),
         repeats=run.plan.repeats,
     )  # fmt: skip
+
+
+def progress_so_far(run: Run | None) -> dict[str, Any]:
+    """A stopped run's training record: the steps it made, its loss and evaluations, its best checkpoint and the
+    saved state a resumable run continues from."""
+    if run is None or run.progress is None:
+        return {}
+    progress, best = run.progress, run.progress.best
+    checkpoint = run.plan.best_checkpoint if best["step"] is not None and run.recipe.train.save_best else None
+    return {
+        "optimizer_steps": progress.step, "total_steps": run.total_steps, "epochs_done": progress.epochs_done,
+        "loss_history": progress.history, "evaluations": progress.evals,
+        "best": {"step": best["step"], "metric": run.recipe.train.metric_for_best_model, "value": best["value"],
+                 "metrics": best["metrics"], "checkpoint": str(checkpoint) if checkpoint else None},
+        "saved_state": str(run.state_dir) if (run.state_dir / "progress.json").is_file() else None,
+    }  # fmt: skip
+
+
+def save_interrupted(plan: Plan, started_at: str, signal_name: str, run: Run | None) -> Path | None:
+    """The main process records where a run stopped by a signal got to (status "interrupted"); every rank
+    left the loop after the same step, so the record is the run's, not one rank's."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    training = progress_so_far(run)
+    where = f" after step {training['optimizer_steps']} of {training['total_steps']}" if training else " while loading"
+    error = {"type": "Interrupted", "signal": signal_name, "rank": None, "message": f"stopped by {signal_name}{where}"}
+    return record_failure(plan, started_at, error, status="interrupted", training=training)

@@ -9,6 +9,7 @@ checkpoints and results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -32,13 +33,16 @@ from harness.data import eval_loader, load_labelled, tokenize, train_loader
 from harness.distributed import deepspeed_config, fsdp_options
 from harness.errors import HarnessError
 from harness.evaluation import Evaluation, evaluate, synchronize
-from harness.failures import BAD_INPUT_EXIT, LAUNCHED_ENV, exception_info, record_failure
+from harness.failures import (
+    BAD_INPUT_EXIT, LAUNCHED_ENV, exception_info, note_exception, record_failure, stopped_exit_code,
+)  # fmt: skip
 from harness.modeling import decay_parameter_names, describe_model, flops_model, load_model, load_tokenizer, numel
 from harness.plan import Plan, make_plan
 from harness.preflight import Decisions, preflight
 from harness.recipe import MIXED_PRECISION, Recipe, TrainSpec, load_recipe
-from harness.report import gather_and_save
+from harness.report import gather_and_save, save_interrupted
 from harness.results import utc_now
+from harness.stopping import Interrupted, StopRequests
 
 
 
@@ -113,11 +117,11 @@ class Outcome:
 class Run:
     """One training run in this process: everything the loop needs, built once."""
 
-    def __init__(self, plan: Plan):
-        self.plan, self.recipe = plan, plan.recipe
+    def __init__(self, plan: Plan, stop: StopRequests):
+        self.plan, self.recipe, self.stop = plan, plan.recipe, stop
         self.started = plan.started_at_unix or time.time()
         self.started_at = utc_now()
-        self.decisions = preflight(self.recipe)
+        self.decisions = preflight(self.recipe, plan.results_dir)
         self.device = self.decisions.device
         datasets.disable_progress_bars()  # the training and evaluation bars are the ones that matter
         self.accelerator = make_accelerator(self.recipe, self.decisions)
@@ -126,7 +130,9 @@ class Run:
         with self.accelerator.main_process_first():  # rank 0 fills the datasets cache, the others read it
             self.labelled = load_labelled(self.recipe.data)  # bad data fails here, before the model loads
             self.tokenizer = load_tokenizer(self.recipe.model)
-            self.data = tokenize(self.labelled.splits, self.tokenizer, self.recipe.data)
+            # max_length: the recipe's, or the model's limit where the recipe allows clamping (recorded)
+            spec = dataclasses.replace(self.recipe.data, max_length=self.decisions.max_length)
+            self.data = tokenize(self.labelled.splits, self.tokenizer, spec)
         self.labels = self.labelled.labels
         model = load_model(self.recipe.model, self.labels, self.decisions.attn_implementation)
         self.flops = flops_model(model)  # full sizes, also of ZeRO-3's partitioned parameters
@@ -135,6 +141,8 @@ class Run:
         # read back from the prepared model: its device, and the dtype DeepSpeed or FSDP gave it
         self.model_description = describe_model(self.accelerator.unwrap_model(self.model))
         self.best_validation: Evaluation | None = None
+        self.progress: Progress | None = None  # the loop's progress, also when it is stopped from outside
+        self.batch_in_flight: tuple[str, list[int] | None] = ("setup", None)  # named if it runs out of memory
 
     def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         train, data = self.recipe.train, self.recipe.data
@@ -165,18 +173,20 @@ class Run:
         timer = cuda_timer() if self.device == "cuda" else StepTimer(time.perf_counter)
         if train.report_to:
             acc.init_trackers("harness", config={"run_id": self.plan.run_id, **self.recipe.to_dict()})
-        state = resume(acc, self.state_dir) if self.plan.resumable else Progress()
+        state = self.progress = resume(acc, self.state_dir) if self.plan.resumable else Progress()
         resumed_from = state.step if state.epochs_done else None
         step, counts, first_step_s = state.step, BatchCounts(), None
         running_loss, micro_batches = torch.zeros((), device=acc.device), 0
         bar = tqdm(total=self.total_steps, initial=step, desc="training", disable=not acc.is_local_main_process)
         self.model.train()
+        self.stop.start_training()
         train_start = time.perf_counter()
         timer.restart()
         for epoch in range(state.epochs_done, self.epochs):
             self.train_dl.set_epoch(epoch)  # reaches the sampler through accelerate's wrappers: a new order
             for batch in self.train_dl:
                 counts += batch.pop("counts")
+                self.batch_in_flight = ("training", list(batch["input_ids"].shape))
                 with acc.accumulate(self.model):  # the optimizer steps only at the last micro-batch
                     loss = self.model(**batch).loss
                     acc.backward(loss)
@@ -192,6 +202,7 @@ class Run:
                 if not acc.optimizer_step_was_skipped:  # fp16 loss scaling skips steps with inf gradients
                     self.scheduler.step()
                 step += 1
+                state.step = step
                 timer.step_done(counts, self.flops.training_flops(counts.lengths))
                 counts = BatchCounts()
                 bar.update()
@@ -206,6 +217,7 @@ class Run:
                 if self.evaluates_at(step):
                     self.evaluate_and_keep_best(step, epoch, state)
                     timer.restart()  # evaluation time is never inside a training step
+                self.stop.check()  # a stop asked for by a signal: every rank leaves here, after the same step
                 if step >= self.total_steps:
                     break
             if self.plan.resumable:
@@ -236,7 +248,9 @@ class Run:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate_and_keep_best(self, step: int, epoch: int, state: Progress) -> None:
-        evaluation = evaluate(self.model, self.eval_dls["validation"], self.accelerator, self.device, "validating")
+        self.batch_in_flight = ("evaluation", None)
+        evaluation = evaluate(self.model, self.eval_dls["validation"], self.accelerator, self.device, "validating",
+                              self.stop)  # fmt: skip
         scores = evaluation.metrics(self.labels.names)
         metric = self.recipe.train.metric_for_best_model
         summary = {k: scores[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro", "f1_weighted")}
@@ -262,7 +276,8 @@ class Run:
         if "test" not in self.eval_dls:
             return None, None
         test_from = self.test_weights(best)
-        return evaluate(self.model, self.eval_dls["test"], self.accelerator, self.device, "testing"), test_from
+        self.batch_in_flight = ("evaluation", None)
+        return evaluate(self.model, self.eval_dls["test"], self.accelerator, self.device, "testing", self.stop), test_from
 
 
 def is_better(metric: str, value: float, best: float | None) -> bool:
@@ -271,9 +286,17 @@ def is_better(metric: str, value: float, best: float | None) -> bool:
     return value < best if metric == "loss" else value > best
 
 
-def execute(plan: Plan) -> Path | None:
-    """Run the plan in this process; the main process returns the result file's path."""
-    run = Run(plan)
+def out_of_memory(run: Run | None, error: Exception) -> dict[str, Any]:
+    """For a run out of GPU memory: that it is one, and the batch that did not fit (what to lower)."""
+    if not isinstance(error, torch.OutOfMemoryError):
+        return {}
+    phase, shape = run.batch_in_flight if run else ("setup", None)
+    batch_size = {"training": run.recipe.train.batch_size, "evaluation": run.recipe.train.eval_batch_size}
+    return {"type": "OutOfMemory", "phase": phase, "batch_size": batch_size.get(phase), "batch_shape": shape}
+
+
+def finish(run: Run) -> Path | None:
+    """Train, test and write the result; the main process returns the result file's path."""
     outcome = run.train()
     test, test_from = run.evaluate_test(outcome.progress.best)
     return gather_and_save(run, outcome, test, test_from)
@@ -297,17 +320,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir")
     args = parser.parse_args(argv)
     plan = plan_from_args(args)
-    started_at = utc_now()
-    try:
-        path = execute(plan)
-    except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return BAD_INPUT_EXIT
-    except Exception as error:
-        state = PartialState()
-        if state.is_main_process and os.environ.get(LAUNCHED_ENV) != "1":  # your own launcher: record it here
-            record_failure(plan, started_at, exception_info(error, rank=state.process_index))
-        raise
+    with StopRequests(watch_parent=os.environ.get(LAUNCHED_ENV) == "1") as stop:
+        started_at, run = utc_now(), None
+        try:
+            run = Run(plan, stop)
+            path = finish(run)
+        except HarnessError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return BAD_INPUT_EXIT
+        except Interrupted as interruption:
+            path = save_interrupted(plan, started_at, interruption.signal_name, run)
+            if path:
+                print(f"{interruption}: result: {path}", file=sys.stderr)
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            return stopped_exit_code(interruption.signal_name)
+        except Exception as error:
+            state = PartialState()
+            info = {**exception_info(error, rank=state.process_index), **out_of_memory(run, error)}
+            note_exception(plan, info)  # read by the harness launcher for the rank that failed first
+            if state.is_main_process and os.environ.get(LAUNCHED_ENV) != "1":  # your own launcher: record it here
+                record_failure(plan, started_at, info)
+            raise
     if path:
         print(f"result: {path}")
     return 0

@@ -108,8 +108,10 @@ def test_launch_files_are_written_into_a_new_run_folder(tmp_path):
 
 
 @pytest.mark.parametrize(("exitcode", "resumable", "outcome"), [
-    (-15, True, "interrupted"),  # SIGTERM to a resumable run: preemption, try again
-    (-15, False, "failed"),
+    (-15, True, "retried"),  # SIGTERM to a resumable run: preemption, try again
+    (143, True, "retried"),  # a worker that recorded its SIGTERM exits with the shell's code for it
+    (-15, False, "interrupted"),  # stopped from outside: an interrupted result, written here if not by the worker
+    (130, False, "interrupted"),
     (-9, True, "failed"),  # SIGKILL is also the OOM killer's signal: a failure
     (1, True, "failed"),
 ])  # fmt: skip
@@ -127,16 +129,20 @@ def test_a_failed_launch_is_recorded_or_retried(tmp_path, monkeypatch, exitcode,
     plan = make_plan(recipe("hardware.num_processes=2", f"output.checkpoints_dir={tmp_path / 'ck'}"),
                      results_dir=str(tmp_path / "results"))  # fmt: skip
     plan.resumable = resumable
-    if outcome == "interrupted":
+    if outcome == "retried":
         with pytest.raises(launcher.RunInterrupted):
             launcher._launch_processes(plan, launcher.MachineRole())
         assert not (tmp_path / "results").exists() and not list(Path(plan.checkpoint_dir).glob("failed-*"))
         return
-    with pytest.raises(launcher.RunFailed) as raised:
+    expected = launcher.RunStopped if outcome == "interrupted" else launcher.RunFailed
+    with pytest.raises(expected) as raised:
         launcher._launch_processes(plan, launcher.MachineRole())
     document = json.loads(raised.value.path.read_text())
-    assert document["status"] == "failed" and document["error"]["rank"] == 1
-    assert document["error"]["exitcode"] == exitcode
+    assert document["status"] == outcome
+    if outcome == "interrupted":  # no worker recorded it (none ran): the launcher did, naming the signal
+        assert document["error"]["signal"] == {-15: "SIGTERM", 130: "SIGINT"}[exitcode]
+        return
+    assert document["error"]["rank"] == 1 and document["error"]["exitcode"] == exitcode
     in_results = raised.value.path.is_relative_to(tmp_path / "results")
     assert in_results == (not resumable)  # a resumable run's attempts stay in its run folder
 

@@ -16,6 +16,7 @@ from harness.hardware import math_mode, peak_flops
 from harness.plan import make_plan
 from harness.recipe import load_recipe
 from harness.results import find_result_files, load_result
+from harness.stopping import StopRequests
 
 pytestmark = [
     pytest.mark.gpu,
@@ -117,7 +118,9 @@ def test_cuda_peak_memory_equals_max_memory_allocated_read_here(fixed_length_csv
                                  "data.validation_fraction=0.1", f"output.checkpoints_dir={tmp_path / 'ck'}"])  # fmt: skip
     torch.cuda.reset_peak_memory_stats()
     started = time.time()
-    result = load_result(train.execute(make_plan(recipe, results_dir=str(tmp_path / "results"))))
+    plan = make_plan(recipe, results_dir=str(tmp_path / "results"))
+    with StopRequests(watch_parent=False) as stop:
+        result = load_result(train.finish(train.Run(plan, stop)))
     assert result["memory"]["cuda_peak_allocated_bytes"] == torch.cuda.max_memory_allocated()
     assert result["memory"]["cuda_peak_reserved_bytes"] == torch.cuda.max_memory_reserved()
     assert result["speed"]["total_wall_s"] <= time.time() - started + 1

@@ -1,7 +1,12 @@
 """A resumable run interrupted after its first epoch continues from the saved state on the next attempt, and
-ends where an uninterrupted run ends."""
+ends where an uninterrupted run ends: whether its attempt crashed or was stopped by a signal."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +31,19 @@ def plan_in(folder: Path):
     return make_plan(recipe, results_dir=str(folder / "results"))
 
 
-def test_an_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
-    reference = load_result(launch(plan_in(tmp_path / "reference")))
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The same run, never interrupted."""
+    return load_result(launch(plan_in(tmp_path_factory.mktemp("reference"))))
+
+
+def assert_same_model(resumed: dict, reference: dict) -> None:
+    for key in ("accuracy", "f1_macro", "loss"):  # same RNG, optimizer and scheduler state: the same model
+        assert resumed["accuracy"]["validation"][key] == pytest.approx(reference["accuracy"]["validation"][key],
+                                                                       abs=1e-6), key  # fmt: skip
+
+
+def test_an_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch, reference):
 
     # the first attempt: the worker itself, in this process, stopped right after saving its first epoch
     plan = plan_in(tmp_path / "resumed")
@@ -55,7 +71,44 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     assert resumed["training"]["optimizer_steps"] == 2 * steps_per_epoch
     assert len(resumed["training"]["step_log"]["samples"]) == steps_per_epoch  # only this attempt's steps timed
     assert [e["step"] for e in resumed["training"]["evaluations"]] == [steps_per_epoch, 2 * steps_per_epoch]
-    for key in ("accuracy", "f1_macro", "loss"):  # same RNG, optimizer and scheduler state: the same model
-        assert resumed["accuracy"]["validation"][key] == pytest.approx(reference["accuracy"]["validation"][key],
-                                                                       abs=1e-6), key  # fmt: skip
+    assert_same_model(resumed, reference)
     assert launch(plan, resume=True) == Path(plan.results_dir, plan.recipe.name, f"{plan.run_id}.json")  # done
+
+
+LAUNCH_RESUMABLE = """
+import sys
+from harness.launcher import RunInterrupted, launch
+from harness.plan import Plan
+try:
+    launch(Plan.read(sys.argv[1]), resume=True)
+except RunInterrupted:
+    sys.exit(3)
+"""
+
+
+def test_a_run_stopped_by_ctrl_c_resumes_and_ends_as_an_uninterrupted_run(tmp_path, reference):
+    """A real SIGINT to the launcher during the second epoch: the attempt records where it stopped in the run
+    folder and is to be tried again; the next attempt continues from the first epoch's saved state."""
+    plan = plan_in(tmp_path)
+    plan.resumable = True
+    plan.run_dir.mkdir(parents=True)
+    plan_file = plan.write(tmp_path / "plan.json")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    attempt = subprocess.Popen([sys.executable, "-c", LAUNCH_RESUMABLE, str(plan_file)], env=env,
+                               start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not (plan.run_dir / "state" / "progress.json").is_file():  # the first epoch is saved
+        assert attempt.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    attempt.send_signal(signal.SIGINT)
+    assert attempt.wait(timeout=120) == 3  # RunInterrupted: try again
+    (note,) = plan.run_dir.glob("interrupted-attempt-*.json")
+    stopped = json.loads(note.read_text())
+    assert stopped["status"] == "interrupted" and stopped["error"]["signal"] == "SIGINT"
+    assert stopped["training"]["saved_state"] == str(plan.run_dir / "state")
+    assert stopped["training"]["epochs_done"] == 1 and stopped["training"]["optimizer_steps"] >= 96 // 16
+    assert not Path(plan.results_dir, plan.recipe.name).exists()
+
+    resumed = load_result(launch(plan, resume=True))
+    assert resumed["status"] == "completed" and resumed["training"]["resumed_from_step"] == 96 // 16
+    assert_same_model(resumed, reference)
