@@ -80,7 +80,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     existing = [str(p) for p in paths if p.is_file()]  # machines other than rank 0 write no results
     if existing:
         print()
-        print(compare(existing, baseline="0" if len(existing) > 1 else None))
+        try:
+            print(compare(existing, baseline="0" if len(existing) > 1 else None))
+        except ValueError as error:  # no table can be made (every file unreadable): the runs' outcome stands
+            print(f"note: no comparison table: {error}", file=sys.stderr)
     return stopped_exit_code(stopped_by) if stopped_by else 1 if failed else 0
 
 

@@ -97,5 +97,6 @@ def test_a_failing_one_process_run_is_recorded_with_its_exception(tmp_path):
     assert result["status"] == "failed" and result["speed"] is None
     error = result["error"]
     assert error["rank"] == 0 and error["exitcode"] == 1 and error["signal"] is None
+    assert error["type"] == "ValueError"  # the worker's own exception, from its note in the run folder
     assert error["message"].startswith("ValueError") and "attention heads" in error["message"]
     assert error["traceback"]  # the last lines of the worker's stack
