@@ -1,6 +1,11 @@
 """What a run keeps on disk: the best checkpoint (weights, tokenizer, labels) and, for resumable runs, the
 training state at each epoch end. Every folder is written beside its final name and swapped in whole, so a
-crash never leaves half of one. Only the main process writes; every rank takes part in the collectives."""
+crash never leaves half of one. Every rank takes part in the collectives.
+
+Machines need not share a disk. The best checkpoint is written by the main process (on machine 0) and read back
+there only: its weights reach the other ranks over the process group. The training state is saved by every
+machine into a folder of its own (each machine's first process swaps it in), so each machine resumes from what it
+wrote."""
 
 from __future__ import annotations
 
@@ -59,18 +64,22 @@ def full_size_parameters(plugin: DeepSpeedPlugin | None):
 
 
 def load_weights(accelerator: Accelerator, model, path: Path) -> None:
-    """A saved checkpoint's weights, read back from disk, into the prepared model on every rank."""
+    """A saved checkpoint's weights into the prepared model on every rank: read from disk by the main process,
+    which wrote it (another machine's disk may not have it), and sent to the others over the process group."""
     from transformers import AutoModelForSequenceClassification
 
     accelerator.wait_for_everyone()  # the main process has finished writing the checkpoint
     plugin = accelerator.state.deepspeed_plugin
-    with full_size_parameters(plugin):
-        state = AutoModelForSequenceClassification.from_pretrained(path).state_dict()
+    state = {}
+    if accelerator.is_main_process:
+        with full_size_parameters(plugin):
+            state = AutoModelForSequenceClassification.from_pretrained(path).state_dict()
     model = accelerator.unwrap_model(model)
     if accelerator.distributed_type == DistributedType.FSDP:  # sharded (DTensor) parameters: each rank takes its shard
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_model_state_dict(model, state, options=options)
     elif plugin is not None and plugin.deepspeed_config["zero_optimization"]["stage"] == 3:
         import deepspeed  # partitioned parameters: gather, let rank 0 load, re-partition
 
@@ -78,7 +87,19 @@ def load_weights(accelerator: Accelerator, model, path: Path) -> None:
             if accelerator.is_main_process:
                 model.load_state_dict(state)
     else:
-        model.load_state_dict(state)
+        if accelerator.is_main_process:
+            model.load_state_dict(state)
+        broadcast_from_main(accelerator, model)
+
+
+def broadcast_from_main(accelerator: Accelerator, model) -> None:
+    """Every rank's parameters and buffers become the main process's (replicated models: DDP, ZeRO-1/2)."""
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    for tensor in model.state_dict().values():
+        dist.broadcast(tensor.data, src=0)
 
 
 @dataclass
@@ -94,22 +115,32 @@ class Progress:
 
 def save_progress(accelerator: Accelerator, state_dir: Path, progress: Progress) -> None:
     """Model, optimizer, scheduler and RNG states plus the loop's progress, swapped in whole at each epoch
-    end, so a preempted run restarts from its last finished epoch."""
+    end, so a preempted run restarts from its last finished epoch. state_dir is this machine's: its first
+    process prepares and swaps it (with several machines, the accelerator saves a full copy on each)."""
     staging = state_dir.with_name(state_dir.name + ".staging")
-    if accelerator.is_main_process:
+    if accelerator.is_local_main_process:
         shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))  # every rank writes its part (DeepSpeed shards)
-    if accelerator.is_main_process:
+    accelerator.save_state(str(staging))  # every rank writes its part (DeepSpeed shards, RNG states)
+    accelerator.wait_for_everyone()  # every rank of this machine has written into staging
+    if accelerator.is_local_main_process:
         write_new_json(staging / "progress.json", dataclasses.asdict(progress))
         swap_in(staging, state_dir)
     accelerator.wait_for_everyone()
 
 
 def resume(accelerator: Accelerator, state_dir: Path) -> Progress:
-    """The saved progress of an interrupted attempt of this run, or a fresh start."""
+    """The saved progress of an interrupted attempt of this run (this machine's copy), or a fresh start. Every
+    rank must find the same epoch saved: machines that resumed from different epochs would train apart."""
+    from accelerate.utils import gather_object
+
     progress_file = state_dir / "progress.json"
-    if not progress_file.is_file():
+    saved = json.loads(progress_file.read_text())["step"] if progress_file.is_file() else None
+    found = gather_object([saved])
+    if len(set(found)) > 1:
+        raise RuntimeError(f"the ranks found different saved states (steps by rank: {found}); the run cannot resume "
+                           "consistently: remove the run folder's state to start again")  # fmt: skip
+    if saved is None:
         return Progress()
     accelerator.load_state(str(state_dir))
     progress = Progress(**json.loads(progress_file.read_text()))

@@ -51,7 +51,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.compare import compare
     from harness.launcher import MachineRole, RunFailed, RunStopped, check, launch
-    from harness.results import result_path
 
     recipes = [load_recipe(name, args.set) for name in args.recipes]  # all validated before any run starts
     for recipe in recipes:
@@ -66,18 +65,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             paths.append(launch(plan, role, checked=True))
         except RunStopped as stop:  # Ctrl-C or SIGTERM: record this run, start no other
             print(f"STOPPED: {stop}", file=sys.stderr, flush=True)
-            paths.append(stop.path or result_path(Path(plan.results_dir), plan.recipe.name, plan.run_id))
+            paths.append(stop.path)
             stopped_by = stop.signal_name
         except RunFailed as error:
             print(f"FAILED: {error}", file=sys.stderr, flush=True)
             failed += 1
-            paths.append(error.path or result_path(Path(plan.results_dir), plan.recipe.name, plan.run_id))
-        print(f"result: {paths[-1]}", flush=True)
+            paths.append(error.path)
+        print(f"result: {paths[-1] or 'written by machine 0, under its run id'}", flush=True)
         if stopped_by:
             if plans[index + 1:]:
                 print(f"not started: {len(plans) - index - 1} run(s) after the stop", file=sys.stderr)
             break
-    existing = [str(p) for p in paths if p.is_file()]  # machines other than rank 0 write no results
+    existing = [str(p) for p in paths if p and p.is_file()]  # machines other than machine 0 write no results
     if existing:
         print()
         try:

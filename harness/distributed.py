@@ -52,6 +52,8 @@ def deepspeed_config(recipe: Recipe) -> dict[str, Any]:
         section = config.setdefault(dtype, {})
         if section.get("enabled", "auto") == "auto":
             section["enabled"] = recipe.precision.dtype == dtype
+    if recipe.hardware.num_machines > 1:  # machines may not share a disk: each node saves what its ranks need
+        config.setdefault("checkpoint", {}).setdefault("use_node_local_storage", True)
     zero = config.setdefault("zero_optimization", {})
     if recipe.hardware.offload == "cpu":
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
@@ -99,6 +101,8 @@ def accelerate_config(recipe: Recipe, deepspeed_file: Path | None) -> dict[str, 
     else:
         stage = json.loads(deepspeed_file.read_text()).get("zero_optimization", {}).get("stage")
         config["deepspeed_config"] = {"deepspeed_config_file": str(deepspeed_file), "zero3_init_flag": stage == 3}
+        if hardware.num_machines > 1:  # torch elastic on every machine, as for DDP (accelerate's default is pdsh)
+            config["deepspeed_config"]["deepspeed_multinode_launcher"] = "standard"
     if hardware.fsdp:
         options = fsdp_options(recipe)
         config["fsdp_config"] = {

@@ -79,9 +79,10 @@ def check(recipe: Recipe, results_dir: str | None = None) -> None:
     load_labelled(recipe.data)
 
 
-def launch(plan: Plan, role: MachineRole | None = None, resume: bool = False, checked: bool = False) -> Path:
-    """Run the plan in processes of its own; return the result file's path, or raise RunFailed after recording
-    the failure. checked=True: `check(plan.recipe)` has already passed.
+def launch(plan: Plan, role: MachineRole | None = None, resume: bool = False, checked: bool = False) -> Path | None:
+    """Run the plan in processes of its own; return the result file's path (None on machines other than machine
+    0, whose main process writes the run's result under its run id), or raise RunFailed after recording the
+    failure. checked=True: `check(plan.recipe)` has already passed.
 
     resume=True (restartable containers): the run saves its training state at every epoch end, and a new
     attempt with the same plan continues from the last one saved in the run folder; a run that already
@@ -110,7 +111,7 @@ def write_launch_files(plan: Plan) -> tuple[Path, Path]:
     return config_file, plan_file
 
 
-def _launch_processes(plan: Plan, role: MachineRole) -> Path:
+def _launch_processes(plan: Plan, role: MachineRole) -> Path | None:
     import torch
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing import SignalException
@@ -149,6 +150,8 @@ def _launch_processes(plan: Plan, role: MachineRole) -> Path:
         path = record_failure(plan, started_at, error) if role.machine_rank == 0 else None
         message = f"run {plan.run_id}: rank {error['rank']} failed (exit code {error['exitcode']}); result: {path}"
         raise RunFailed(message, path) from None
+    if role.machine_rank != 0:
+        return None
     return locate_result(Path(plan.results_dir), plan.recipe.name, plan.run_id) or result_path(
         Path(plan.results_dir), plan.recipe.name, plan.run_id
     )

@@ -22,7 +22,9 @@ from typing import Any
 import datasets
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin, FullyShardedDataParallelPlugin, PartialState
-from accelerate.utils import DistributedType, InitProcessGroupKwargs, broadcast_object_list, gather_object, set_seed
+from accelerate.utils import (
+    DistributedType, InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list, gather_object, set_seed,
+)  # fmt: skip
 from torch.distributed.elastic.multiprocessing.errors import record
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -61,6 +63,8 @@ def make_accelerator(recipe: Recipe, decisions: Decisions) -> Accelerator:
     timeout = timedelta(seconds=recipe.hardware.collective_timeout_s)
     group = InitProcessGroupKwargs(backend=backend, timeout=timeout)
     accelerator = Accelerator(
+        # several machines may not share a disk: each saves a full copy of the training state (resumable runs)
+        project_config=ProjectConfiguration(save_on_each_node=recipe.hardware.num_machines > 1),
         mixed_precision=MIXED_PRECISION[recipe.precision.dtype],
         gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
         # accelerate's cpu=True would silently drop DeepSpeed; without a GPU, DeepSpeed runs on the CPU itself
@@ -164,7 +168,11 @@ class Run:
 
     @property
     def state_dir(self) -> Path:
-        return self.plan.run_dir / "state"
+        """Where this machine saves the training state of a resumable run: one folder per machine."""
+        if self.recipe.hardware.num_machines == 1:
+            return self.plan.run_dir / "state"
+        machine = self.accelerator.process_index // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return self.plan.run_dir / f"state-machine{machine}"
 
     # ------------------------------------------------------------------ the loop
 

@@ -74,7 +74,38 @@ def test_accelerate_config_for_two_processes_and_for_deepspeed(tmp_path):
                                        "hardware.num_machines=2"), ds_file)  # fmt: skip
     assert with_ds["distributed_type"] == "DEEPSPEED"
     assert with_ds["num_processes"] == 16 and with_ds["num_machines"] == 2  # total over machines
-    assert with_ds["deepspeed_config"] == {"deepspeed_config_file": str(ds_file), "zero3_init_flag": True}
+    # several machines: torch elastic on each (accelerate's default for DeepSpeed would be pdsh, which starts a
+    # local-only job), and each node saves the checkpoint files its ranks need (no shared disk assumed)
+    assert with_ds["deepspeed_config"] == {"deepspeed_config_file": str(ds_file), "zero3_init_flag": True,
+                                           "deepspeed_multinode_launcher": "standard"}  # fmt: skip
+    one_machine = accelerate_config(recipe("hardware.deepspeed=zero3", "hardware.num_processes=8"), ds_file)
+    assert "deepspeed_multinode_launcher" not in one_machine["deepspeed_config"]
+    two = deepspeed_config(recipe("hardware.deepspeed=zero2", "hardware.num_processes=16", "hardware.num_machines=2"))
+    assert two["checkpoint"] == {"use_node_local_storage": True}
+    assert "checkpoint" not in deepspeed_config(recipe("hardware.deepspeed=zero2", "hardware.num_processes=8"))
+
+
+def test_a_launcher_that_fails_as_a_subprocess_is_a_failed_result_naming_the_cause(tmp_path, monkeypatch):
+    """accelerate's DeepSpeed and one-process launchers fail with CalledProcessError, not torch elastic's
+    ChildFailedError: the run is still recorded as failed, with the exit code, and not retried."""
+    import subprocess
+
+    from accelerate.commands import launch as accelerate_launch
+
+    from harness import launcher
+
+    def failing_launch(args):
+        raise subprocess.CalledProcessError(1, ["deepspeed", "--num_nodes", "2"])
+
+    monkeypatch.setattr(accelerate_launch, "launch_command", failing_launch)
+    plan = make_plan(recipe("hardware.num_processes=2", "hardware.deepspeed=zero2", "hardware.device=cpu",
+                            f"output.checkpoints_dir={tmp_path / 'ck'}"), results_dir=str(tmp_path / "results"))  # fmt: skip
+    plan.resumable = True  # a Modal attempt: a failure must not raise out of the launcher (Modal would retry it)
+    with pytest.raises(launcher.RunFailed) as raised:
+        launcher._launch_processes(plan, launcher.MachineRole())
+    document = json.loads(raised.value.path.read_text())
+    assert document["status"] == "failed" and document["error"]["exitcode"] == 1
+    assert document["error"]["type"] == "CalledProcessError"
 
 
 def test_process_count_is_the_total_over_machines():
