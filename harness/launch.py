@@ -3,27 +3,33 @@
     modal run harness/launch.py --recipe modernbert-emotion-bf16
     modal run harness/launch.py --recipe modernbert-emotion-bf16 --gpu H100:4 --set "hardware.num_processes=4"
     modal run --detach harness/launch.py --recipe ...    # the run goes on if this terminal goes away
-    modal run harness/launch.py --fetch                  # copy finished results from the volume to results/
+    python -m harness.launch --fetch                     # copy finished results from the volume to results/
 
-The recipe, its overrides and the GPU are checked here, before any container starts. In the container the run goes
-through harness.launcher.launch, the launch path of local runs (`accelerate launch` for several GPUs); a run over
-several nodes is a modal.clustered function whose every node launches its share. State lives on two volumes: the
-Hugging Face cache (models and data sets are downloaded once) and the runs (results and checkpoints), so that a
-preempted or restarted container resumes from the run's last checkpoint. Setup, options and costs: docs/modal.md.
+The recipe, its overrides and the GPU are checked here, before any container starts. A CPU container then fills
+the Hugging Face cache volume with the run's model and data set (a Hub refusal ends the run there, before any GPU
+is paid for), and the GPU containers, single-use, read that cache offline. In a GPU container the run goes through
+harness.launcher.launch, the launch path of local runs (`accelerate launch` for several GPUs); a run over several
+nodes is a modal.clustered function whose every node launches its share. Results and checkpoints live on the runs
+volume, reloaded when an attempt starts and committed when it ends, so that a preempted or restarted run resumes
+from its last checkpoint. Setup, options and costs: docs/modal.md.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
+import re
 import shlex
+import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import modal
-import modal.experimental
 
 from harness.environment import GIT_ENV, git_state
 from harness.errors import HarnessError
@@ -40,8 +46,11 @@ HF_MOUNT = "/cache/hf"  # HF_HOME in the container
 RUNS_MOUNT = Path("/runs")  # results/ and checkpoints/ of every run
 RUNS_VOLUME = "harness-runs"
 MODAL_GPU_ENV = "HARNESS_MODAL_GPU"  # recorded by harness.environment as environment.modal.gpu
+HUB_OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # GPU containers: the cache is filled before
 MAIN_PROCESS_PORT = 29500
 CPU_PER_GPU = 4.0  # reserved cores: data loading counts in the step times, so it must not depend on a neighbour
+FILL_CACHE_CPU = 4.0  # datasets prepares (converts to Arrow) a Hub data set on these cores
+FILL_CACHE_TIMEOUT_HOURS = 2.0
 RESTARTS = 3  # a preempted or crashed attempt runs again, resuming from the last checkpoint
 DEFAULT_TIMEOUT_HOURS = 6.0
 MAX_TIMEOUT_HOURS = 24.0  # Modal's limit for one attempt
@@ -51,6 +60,15 @@ GPU_TYPES = {
     "T4": 8, "L4": 8, "A10": 4, "A10G": 4, "L40S": 8, "A100": 8, "A100-40GB": 8, "A100-80GB": 8,
     "RTX-PRO-6000": 8, "H100": 8, "H100!": 8, "H200": 8, "B200": 8, "B200+": 8,
 }  # fmt: skip
+# The types Modal clusters are made of: A100, H100, H200 and B200 machines of 8 GPUs
+# (https://modal.com/docs/guide/multi-node-clusters)
+CLUSTER_GPU_TYPES = ("A100", "A100-40GB", "A100-80GB", "H100", "H100!", "H200", "B200", "B200+")
+# flash-attn 2 needs compute capability 8.0 (Ampere) or newer; the T4 is Modal's only older GPU (it has no V100)
+BELOW_AMPERE = {"T4": "7.5"}
+MODEL_FILES = ["*.json", "*.txt", "*.model", "*.py"]  # configs, tokenizer files, remote code: all but the weights
+HUB_REFUSALS = (401, 403, 404)  # no or a bad token, a gated repository, no such repository: the same on every retry
+TOKEN_FIX = "give the run a Hub token: `modal secret create huggingface HF_TOKEN=hf_...`, then --secrets huggingface"
+NCCL_NETWORK = re.compile(r"NCCL INFO (?:Using network |.*via NET/)([^\s/]+)")
 
 
 class LaunchError(HarnessError):
@@ -74,32 +92,49 @@ image = (
 hf_cache = modal.Volume.from_name("harness-hf-cache", create_if_missing=True)
 runs = modal.Volume.from_name(RUNS_VOLUME, create_if_missing=True)
 
-# GPU, timeout and secrets are set per run (with_options); a retried input is the same plan: same run id, same folder
-CONTAINER: dict[str, Any] = {
+
+@app.function(
+    image=image,
+    volumes={HF_MOUNT: hf_cache},
+    cpu=FILL_CACHE_CPU,
+    timeout=int(FILL_CACHE_TIMEOUT_HOURS * 3600),
+    retries=RESTARTS,  # a network failure; a refusal by the Hub is answered instead
+)
+def fill_cache(recipe: dict) -> str | None:
+    return fill_hf_cache(recipe_from_dict(recipe), hf_cache)
+
+
+# GPU, timeout and secrets are set per run (with_options); a retried input is the same plan: same run id, same folder.
+# Single-use: a retried attempt starts in a fresh container (no GPU memory or rendezvous port left over from the
+# last one, and no container idling between runs).
+GPU_CONTAINER: dict[str, Any] = {
     "image": image,
     "volumes": {HF_MOUNT: hf_cache, str(RUNS_MOUNT): runs},
+    "env": HUB_OFFLINE,
     "timeout": int(DEFAULT_TIMEOUT_HOURS * 3600),
     "retries": modal.Retries(max_retries=RESTARTS, initial_delay=0.0),
+    "single_use_containers": True,
 }
 
 
-@app.function(**CONTAINER)
+@app.function(**GPU_CONTAINER)
 def train(recipe: dict, run_id: str, gpu: str, git: dict | None = None) -> dict:
-    return run_node(recipe, run_id, gpu, MachineRole(), git=git)
+    return run_node(recipe, run_id, gpu, MachineRole(), runs, git=git)
 
 
 # A clustered function's size is fixed when it is defined, hence one per node count. Its GPU is set per run, but a
-# cluster must ask for GPUs when it is defined.
-@app.function(gpu=f"H100:{CLUSTER_NODE_GPUS}", **CONTAINER)
+# cluster must ask for GPUs when it is defined. rdma=True: NCCL uses the RDMA network through the image's
+# libibverbs (Dockerfile); the result records the network it used (environment.modal.nccl_transport).
+@app.function(gpu=f"H100:{CLUSTER_NODE_GPUS}", **GPU_CONTAINER)
 @modal.clustered(size=2, rdma=True)
 def train_2_nodes(recipe: dict, run_id: str, gpu: str, git: dict | None = None) -> dict:
-    return run_node(recipe, run_id, gpu, cluster_role(), git=git)
+    return run_node(recipe, run_id, gpu, cluster_role(), runs, git=git)
 
 
-@app.function(gpu=f"H100:{CLUSTER_NODE_GPUS}", **CONTAINER)
+@app.function(gpu=f"H100:{CLUSTER_NODE_GPUS}", **GPU_CONTAINER)
 @modal.clustered(size=4, rdma=True)
 def train_4_nodes(recipe: dict, run_id: str, gpu: str, git: dict | None = None) -> dict:
-    return run_node(recipe, run_id, gpu, cluster_role(), git=git)
+    return run_node(recipe, run_id, gpu, cluster_role(), runs, git=git)
 
 
 TRAINERS = {1: train, 2: train_2_nodes, 4: train_4_nodes}  # node count -> function
@@ -147,13 +182,8 @@ def launch_spec(recipe: Recipe, gpu_override: str = "") -> LaunchSpec:
         raise LaunchError(f"{source}: {text!r}: the count after ':' must be 1 to {GPU_TYPES[kind]} for {kind}")
     count = int(count_text)
     nodes = hardware.num_machines
-    if nodes > 1 and nodes not in TRAINERS:
-        raise LaunchError(f"hardware.num_machines: Modal runs take {', '.join(map(str, TRAINERS))} nodes, not {nodes}")
-    if nodes > 1 and count != CLUSTER_NODE_GPUS:
-        raise LaunchError(
-            f"{source}: {text!r}: a Modal cluster node is a whole machine of {CLUSTER_NODE_GPUS} GPUs; "
-            f"use --gpu {kind}:{CLUSTER_NODE_GPUS} --set hardware.num_processes={CLUSTER_NODE_GPUS * nodes}"
-        )
+    if nodes > 1:
+        check_cluster(source, text, kind, count, nodes)
     per_node = hardware.num_processes // nodes
     if count != per_node:
         raise LaunchError(
@@ -163,10 +193,31 @@ def launch_spec(recipe: Recipe, gpu_override: str = "") -> LaunchSpec:
         )
     if hardware.device == "cpu":
         raise LaunchError("hardware.device: 'cpu' would leave the Modal GPUs idle; pass --set hardware.device=cuda")
+    if recipe.model.attn_implementation == "flash_attention_2" and kind in BELOW_AMPERE:
+        raise LaunchError(
+            f"{source}: {text!r}: flash_attention_2 needs a GPU of compute capability 8.0 or newer and {kind} is "
+            f"{BELOW_AMPERE[kind]}; pass --gpu L4 (or A10, A100, H100, ...) or --set model.attn_implementation=sdpa"
+        )
     check_shipped_files(recipe)
     return LaunchSpec(
         gpu=f"{kind}:{count}", nodes=nodes, processes=hardware.num_processes, deepspeed=hardware.deepspeed
     )
+
+
+def check_cluster(source: str, text: str, kind: str, count: int, nodes: int) -> None:
+    """Several nodes are a Modal cluster: of a size defined here, of whole 8-GPU machines of a type clusters offer."""
+    if nodes not in TRAINERS:
+        raise LaunchError(f"hardware.num_machines: Modal runs take {', '.join(map(str, TRAINERS))} nodes, not {nodes}")
+    if kind not in CLUSTER_GPU_TYPES:
+        raise LaunchError(
+            f"{source}: {text!r}: Modal clusters are made of {', '.join(CLUSTER_GPU_TYPES)} machines; "
+            f"pass for example --gpu H100:{CLUSTER_NODE_GPUS}"
+        )
+    if count != CLUSTER_NODE_GPUS:
+        raise LaunchError(
+            f"{source}: {text!r}: a Modal cluster node is a whole machine of {CLUSTER_NODE_GPUS} GPUs; "
+            f"use --gpu {kind}:{CLUSTER_NODE_GPUS} --set hardware.num_processes={CLUSTER_NODE_GPUS * nodes}"
+        )
 
 
 def check_shipped_files(recipe: Recipe) -> None:
@@ -202,11 +253,110 @@ def timeout_seconds(hours: float) -> int:
     return int(hours * 3600)
 
 
-# --------------------------------------------------------------------------- in the container
+# --------------------------------------------------------------------------- the Hugging Face cache, on a CPU container
+
+
+def fill_hf_cache(recipe: Recipe, volume: Any) -> str | None:
+    """Download the run's model, tokenizer and Hub data set into the cache volume once, on a CPU container, and
+    commit it, before the GPU containers start and read it offline: GPUs do not wait while every node downloads
+    the same files. Returns why the Hub refused a repository, else None: answered, not raised, because Modal
+    retries what raises and a refusal would be the same every time."""
+    from harness.data import load_hub_dataset
+
+    model, data = recipe.model, recipe.data
+    try:
+        with hub_access("model.name", model.name, model.revision):
+            prefetch_model(model)
+        with hub_access("model.tokenizer", model.tokenizer, model.revision):
+            prefetch_tokenizer(model)
+        if data.source == "hub" and on_the_hub(data.name):
+            with hub_access("data.name", data.name, data.revision):
+                load_hub_dataset(data)  # the run's own call: it finds exactly what this prepared
+    except LaunchError as refused:
+        return str(refused)
+    finally:
+        volume.commit()
+    return None
+
+
+def on_the_hub(name: str | None) -> bool:
+    """A Hub repository id: not a packaged model, an architecture's bare config, a folder of the image, or a path on
+    the runs volume (absolute; the GPU containers read it there)."""
+    return bool(name) and not name.startswith(("package:", "config:", "/")) and not Path(name).is_dir()
+
+
+def prefetch_model(spec: ModelSpec) -> None:
+    """The model's configs, tokenizer files and one weights format: safetensors where the repository has them, as
+    transformers loads."""
+    if not on_the_hub(spec.name):
+        return
+    from huggingface_hub import HfApi, snapshot_download
+
+    patterns = list(MODEL_FILES)
+    if not spec.random_init:
+        files = HfApi().list_repo_files(spec.name, revision=spec.revision)
+        patterns.append("*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin")
+    snapshot_download(spec.name, revision=spec.revision, allow_patterns=patterns)
+
+
+def prefetch_tokenizer(spec: ModelSpec) -> None:
+    """A tokenizer from a repository of its own (model.tokenizer), at the model's revision, as the run loads it."""
+    if spec.tokenizer != spec.name and on_the_hub(spec.tokenizer):
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(spec.tokenizer, revision=spec.revision, allow_patterns=MODEL_FILES)
+
+
+@contextlib.contextmanager
+def hub_access(key: str, name: str | None, revision: str | None) -> Iterator[None]:
+    """A refusal by the Hub (401, 403, 404) while fetching `name` becomes a LaunchError that names the fix."""
+    try:
+        yield
+    except Exception as error:
+        refusal = hub_refusal(error)
+        if refusal is None:
+            raise
+        raise LaunchError(refusal_fix(refusal, key, name, revision)) from error
+
+
+def hub_refusal(error: BaseException | None) -> Any:
+    """The Hub's 401, 403 or 404 error behind error (datasets raises errors of its own from them), or None."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    while error is not None:
+        if isinstance(error, HfHubHTTPError) and error.response.status_code in HUB_REFUSALS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def refusal_fix(refusal: Any, key: str, name: str | None, revision: str | None) -> str:
+    """What to change, named as the recipe key (or the secret) to change: a token fixes no revision."""
+    from huggingface_hub.errors import GatedRepoError, RevisionNotFoundError
+
+    section = key.partition(".")[0]
+    if isinstance(refusal, GatedRepoError):
+        page = f"https://huggingface.co/{'datasets/' if section == 'data' else ''}{name}"
+        return f"{key}: {name} is gated on the Hub: accept its conditions at {page} with your account, then {TOKEN_FIX}"
+    if isinstance(refusal, RevisionNotFoundError):
+        return f"{section}.revision: {name} has no revision {revision!r}; fix {section}.revision or remove it"
+    return (
+        f"{key}: the Hub answered {refusal.response.status_code} for {name}: check the repository id, "
+        f"or, if the repository is private, {TOKEN_FIX}"
+    )
+
+
+# --------------------------------------------------------------------------- in a GPU container
 
 
 def run_node(
-    recipe: dict, run_id: str, gpu: str, role: MachineRole, runs_dir: Path = RUNS_MOUNT, git: dict | None = None
+    recipe: dict,
+    run_id: str,
+    gpu: str,
+    role: MachineRole,
+    volume: Any,
+    runs_dir: Path = RUNS_MOUNT,
+    git: dict | None = None,
 ) -> dict:
     """One container's work: its node's share of the run, through the launcher of local runs.
 
@@ -214,19 +364,29 @@ def run_node(
     A run that cannot start, or that failed, is answered rather than raised: Modal retries what raises, and bad
     input or a failing rank would fail again. What raises (RunInterrupted: preempted workers) is retried and
     resumes from the last epoch saved on the volume.
+
+    The runs volume (`volume`, mounted at runs_dir) is reloaded first, so that this attempt starts from what the
+    last one committed, and committed last, however the attempt ends, so that its result and its last training
+    state are durable before Modal answers or retries (docs/modal.md, "Volumes").
     """
+    volume.reload()
     plan = Plan(
         recipe=recipe_from_dict(recipe),
         run_id=run_id,
         results_dir=str(runs_dir / "results"),
         checkpoint_dir=str(runs_dir / "checkpoints" / recipe["name"] / run_id),
     )
+    settle_interrupted_swaps(plan.run_dir)
     os.environ[MODAL_GPU_ENV] = gpu  # the workers inherit it
     if git and git.get("commit"):  # the image has no .git: the commit of the local checkout that launched the run
         os.environ.update({GIT_ENV[0]: git["commit"], GIT_ENV[1]: "1" if git.get("dirty") else "0"})
+    nccl_logs = plan.run_dir / "nccl"
+    several_nodes = plan.recipe.hardware.num_machines > 1
+    if several_nodes:
+        nccl_logs.mkdir(parents=True, exist_ok=True)
+        os.environ.update(nccl_debug_env(nccl_logs))
     path = result_path(Path(plan.results_dir), plan.recipe.name, run_id)
     try:
-        prefetch_model(plan.recipe.model)
         # a retried attempt continues from the state saved in the run's folder, or finds the run finished
         launch(plan, role, resume=True)
     except RunFailed as failure:
@@ -234,34 +394,71 @@ def run_node(
             write_new_json(path, json.loads(failure.path.read_text()))
     except HarnessError as error:
         return {"result": None, "error": str(error)}
+    finally:
+        volume.commit()
     if role.machine_rank or not path.is_file():
         return {"result": None, "error": None}  # Modal returns node 0's answer only
-    return {"result": json.loads(path.read_text()), "error": None}
+    result = json.loads(path.read_text())
+    return {"result": with_nccl_transport(result, nccl_logs) if several_nodes else result, "error": None}
 
 
-def prefetch_model(spec: ModelSpec) -> None:
-    """Download the model into the Hugging Face cache in this one process, before the ranks start and each asks
-    the Hub for it. (The launcher loads the data set once itself, before launching.) Each node of a cluster
-    fetches into its own view of the volume: the same files, so their commits agree."""
-    if spec.name.startswith(("package:", "config:")) or Path(spec.name).is_dir():
-        return
-    from huggingface_hub import HfApi, snapshot_download
-
-    patterns = ["*.json", "*.txt", "*.model", "*.py"]  # configs, tokenizer files, remote code
-    if not spec.random_init:  # one weights format: safetensors where the repository has them, as transformers loads
-        files = HfApi().list_repo_files(spec.name, revision=spec.revision)
-        patterns.append("*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin")
-    snapshot_download(spec.name, revision=spec.revision, allow_patterns=patterns)
+def settle_interrupted_swaps(run_dir: Path) -> None:
+    """Finish the checkpoint swap a stopped attempt may have left half done. A folder is swapped in by two renames
+    (harness.checkpoints.swap_in: NAME to NAME.previous, then NAME.staging to NAME) and NAME.previous is removed
+    last. NAME.previous alone goes back to NAME, so that the run resumes from its last saved state rather than from
+    scratch; beside NAME it is removed, as the swap would have (the next swap could not rename onto it)."""
+    for previous in run_dir.glob("*.previous"):
+        final = previous.with_name(previous.name.removesuffix(".previous"))
+        if final.exists():
+            shutil.rmtree(previous)
+        else:
+            previous.rename(final)
 
 
 def cluster_role() -> MachineRole:
     """This container's place in a modal.clustered run: its rank, and node 0's address for the rendezvous."""
-    info = modal.experimental.get_cluster_info()
-    main_ip = (info.container_ipv4_ips or info.container_ips)[0]
-    return MachineRole(machine_rank=info.rank, main_process_ip=main_ip, main_process_port=MAIN_PROCESS_PORT)
+    cluster = modal.Cluster.from_context()
+    main_ip = (cluster.container_ips(family="ipv4") or cluster.container_ips())[0]
+    return MachineRole(
+        machine_rank=cluster.container_rank(), main_process_ip=main_ip, main_process_port=MAIN_PROCESS_PORT
+    )
 
 
-# --------------------------------------------------------------------------- results come home
+def nccl_debug_env(log_dir: Path) -> dict[str, str]:
+    """NCCL's setup and network lines, one file per rank process (%h: host, %p: process id) in log_dir rather than
+    in the container's log: they name the network NCCL chose, which the result then records."""
+    return {"NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "INIT,NET", "NCCL_DEBUG_FILE": str(log_dir / "%h-%p.log")}
+
+
+def nccl_transport(log_dir: Path) -> str | None:
+    """The network NCCL used between nodes, from its logs in log_dir: "NET/IB" is RDMA (InfiniBand or RoCE),
+    "NET/Socket" TCP, where NCCL falls back to when it finds no RDMA device or library. Networks that differed
+    between attempts are all listed; None if no log names one."""
+    logs = (log.read_text("utf-8", "replace") for log in log_dir.glob("*.log"))
+    found = {f"NET/{name}" for text in logs for name in NCCL_NETWORK.findall(text)}
+    return ", ".join(sorted(found)) or None
+
+
+def with_nccl_transport(result: dict, log_dir: Path) -> dict:
+    """The result document with the network NCCL used between the nodes, as environment.modal.nccl_transport."""
+    environment = result.setdefault("environment", {})
+    environment["modal"] = {**(environment.get("modal") or {}), "nccl_transport": nccl_transport(log_dir)}
+    return result
+
+
+# --------------------------------------------------------------------------- on this machine: start, results come home
+
+
+def start_run(recipe: Recipe, spec: LaunchSpec, run_id: str, timeout: int, secrets: list) -> dict:
+    """Fill the Hugging Face cache on a CPU container, then start the GPU containers, which read it offline; a
+    refusal by the Hub is answered before any GPU starts. Returns the GPU function's answer, or the refusal."""
+    refused = fill_cache.with_options(secrets=secrets).remote(recipe.to_dict())
+    if refused:
+        return {"result": None, "error": refused}
+    trainer = TRAINERS[spec.nodes].with_options(
+        gpu=spec.gpu, cpu=CPU_PER_GPU * spec.processes / spec.nodes, timeout=timeout, secrets=secrets
+    )
+    return trainer.remote(recipe.to_dict(), run_id, spec.gpu, git_state())
 
 
 def bring_home(outcome: dict, recipe_name: str, run_id: str, results_dir: Path) -> Path:
@@ -292,6 +489,18 @@ def fetch_results(volume: Any, results_dir: Path) -> list[Path]:
     return copied
 
 
+def fetch_command(argv: list[str], volume: Any = runs) -> None:
+    """`python -m harness.launch --fetch`: a volume read, so no `modal run`, which would build the image first."""
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.launch", description="Copy finished results from the Modal runs volume."
+    )
+    parser.add_argument("--fetch", action="store_true", required=True, help="copy result files not yet here")
+    parser.add_argument("--results-dir", default="results", help="where they go (default: results)")
+    args = parser.parse_args(argv)
+    copied = fetch_results(volume, Path(args.results_dir))
+    print("\n".join(f"fetched: {path}" for path in copied) or "no new results")
+
+
 @app.local_entrypoint()
 def main(
     recipe: str = "",
@@ -300,20 +509,18 @@ def main(
     timeout_hours: float = 0.0,
     secrets: str = "",
     results_dir: str = "",
-    fetch: bool = False,
 ) -> None:
     """--recipe NAME runs it (overrides in one --set, space-separated; --gpu TYPE:COUNT; --timeout-hours per attempt,
-    default the recipe's hardware.timeout_hours, else 6; --secrets names of Modal secrets, comma-separated);
-    --fetch copies finished results from the runs volume into the results folder."""
+    default the recipe's hardware.timeout_hours, else 6; --secrets names of Modal secrets, comma-separated).
+    Results of detached runs: `python -m harness.launch --fetch`."""
     from harness.compare import compare
 
     try:
-        if fetch:
-            copied = fetch_results(runs, Path(results_dir or "results"))
-            print("\n".join(f"fetched: {path}" for path in copied) or "no new results")
-            return
         if not recipe:
-            raise LaunchError("--recipe: required (a recipe name from `harness list`, or a YAML path); or --fetch")
+            raise LaunchError(
+                "--recipe: required (a recipe name from `harness list`, or a YAML path); results of detached runs "
+                "come home with `python -m harness.launch --fetch`"
+            )
         check_single_set(sys.argv)
         chosen = load_recipe(recipe, shlex.split(set))
         spec = launch_spec(chosen, gpu)
@@ -323,16 +530,14 @@ def main(
         run_id = new_run_id(chosen.name)
         print(f"run {run_id}: recipe {chosen.name} (hash {chosen.hash}) on Modal, {spec.describe()}")
         print(f"{timeout_hours:g} h per attempt, up to {RESTARTS} restarts from the last checkpoint", flush=True)
-        trainer = TRAINERS[spec.nodes].with_options(
-            gpu=spec.gpu,
-            cpu=CPU_PER_GPU * spec.processes / spec.nodes,
-            timeout=timeout,
-            secrets=[modal.Secret.from_name(name) for name in secret_names],
-        )
-        outcome = trainer.remote(chosen.to_dict(), run_id, spec.gpu, git_state())
+        outcome = start_run(chosen, spec, run_id, timeout, [modal.Secret.from_name(name) for name in secret_names])
         path = bring_home(outcome, chosen.name, run_id, Path(results_dir or chosen.output.results_dir))
     except HarnessError as error:
         raise SystemExit(f"error: {error}") from None
     print(f"result: {path}\n\n{compare([str(path)])}")
     if outcome["result"]["status"] != "completed":
         raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    fetch_command(sys.argv[1:])
