@@ -99,3 +99,16 @@ def paired_f1_difference(labels: Any, preds_a: Any, preds_b: Any, seed: int = 0,
     data = [np.asarray(array) for array in (labels, preds_a, preds_b)]
     boot = paired_bootstrap(data, difference, seed, n_resamples)
     return Comparison(float(difference(*data)), interval(boot.confidence_interval))
+
+
+def cohen_kappa(a: Any, b: Any) -> float | None:
+    """Cohen's kappa of two labelings of the same rows: their agreement beyond what their class frequencies give
+    by chance, (observed - expected) / (1 - expected), as scikit-learn's cohen_kappa_score (unweighted) computes
+    it; None where it is undefined (both use one and the same class: scikit-learn answers nan)."""
+    a, b = np.asarray(a), np.asarray(b)
+    _, codes = np.unique(np.concatenate([a, b]), return_inverse=True)
+    codes_a, codes_b = codes[: len(a)], codes[len(a) :]
+    observed = float(np.mean(codes_a == codes_b))
+    size = int(codes.max()) + 1
+    expected = float(np.bincount(codes_a, minlength=size) @ np.bincount(codes_b, minlength=size)) / len(a) ** 2
+    return None if expected == 1 else (observed - expected) / (1 - expected)

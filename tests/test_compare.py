@@ -12,10 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
-from sklearn.metrics import f1_score
+from sklearn.metrics import cohen_kappa_score, f1_score
 
 from harness.cli import main
-from harness.compare import DEFAULT_METRICS, build_table, compare, render_csv, render_json
+from harness.compare import (
+    COST_METRICS, DEFAULT_METRICS, build_pivot, build_table, compare, group_runs, pareto_chart, pivot_table,
+    render_csv, render_json, render_markdown, render_pivot_csv, render_pivot_markdown,
+)  # fmt: skip
+from harness.prices import SHIPPED, load_prices, read_price_file
 from harness.results import (
     MemoryReport, RunResult, SpeedReport, load_result, result_path, result_problems, scan_result_files, write_new_json,
 )  # fmt: skip
@@ -36,8 +40,10 @@ def make_result(
     repeats: dict | None = None,
     global_batch: int | None = None,
     fingerprints: dict | None = None,
+    device_name: str | None = None,
 ) -> dict:
-    """A result document; recipe maps dotted keys ("train.seed") to values that replace the defaults."""
+    """A result document; recipe maps dotted keys ("train.seed") to values that replace the defaults; a device_name
+    makes it a CUDA run on that GPU."""
     settings = {
         "name": "tiny",
         "model": {"name": "tiny-bert", "attn_implementation": "sdpa"},
@@ -61,7 +67,8 @@ def make_result(
             train_samples_per_s_wall=None if samples_per_s is None else samples_per_s * 0.8,
         )
         memory = MemoryReport(peak_host_rss_bytes=3 * 2**30, cuda_peak_allocated_bytes=cuda_bytes)
-    ran = {"device": "cpu", "mixed_precision": "no", "attn_implementation": "sdpa", "world_size": processes}
+    ran = {"device": "cuda" if device_name else "cpu", "device_name": device_name, "mixed_precision": "no",
+           "attn_implementation": "sdpa", "world_size": processes}  # fmt: skip
     if global_batch is not None:
         ran["global_batch_size"] = global_batch
     return RunResult(
@@ -346,23 +353,30 @@ def test_baseline_verdicts_between_repeats_use_welch(tmp_path):
     assert by_member[1]["train_samples_per_s_delta_pct"] is None  # a run id names its group's row
 
 
+def with_predictions(tmp_path: Path, run: dict, labels: np.ndarray, preds: np.ndarray) -> dict:
+    """run with its test predictions in a predictions file beside its result file, and accuracy and F1 to match."""
+    f1_macro = f1_score(labels, preds, average="macro")
+    run["accuracy"] = {"test": {"accuracy": float(np.mean(preds == labels)), "accuracy_stderr": 0.01,
+                                "f1_macro": f1_macro, "f1_macro_stderr": 0.02}}  # fmt: skip
+    run["predictions_file"] = f"{run['run_id']}.predictions.npz"
+    folder = result_path(tmp_path, "tiny", run["run_id"]).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / run["predictions_file"], **{"test.labels": labels, "test.preds": preds})
+    return run
+
+
 def paired_runs(tmp_path: Path, fingerprint_b: str = "f00d") -> tuple[list[dict], np.ndarray, np.ndarray, np.ndarray]:
     """Two single runs with predictions files on the same 50 test rows: 10 rows only a is right, 2 only b."""
     labels = np.arange(50) % 4
     right_a = np.repeat([True, False, True, False], [10, 2, 30, 8])
     right_b = np.repeat([False, True, True, False], [10, 2, 30, 8])
     preds_a, preds_b = np.where(right_a, labels, (labels + 1) % 4), np.where(right_b, labels, (labels + 2) % 4)
-    runs = []
-    for run_id, preds, fingerprint, speed in [("run-a", preds_a, "f00d", 100.0),
-                                              ("run-b", preds_b, fingerprint_b, 90.0)]:  # fmt: skip
-        scores = {"test": {"accuracy": float(np.mean(preds == labels)), "accuracy_stderr": 0.01,
-                           "f1_macro": f1_score(labels, preds, average="macro"), "f1_macro_stderr": 0.02}}  # fmt: skip
-        run = make_result(run_id, samples_per_s=speed, accuracy=scores, fingerprints={"test": fingerprint})
-        run["predictions_file"] = f"{run_id}.predictions.npz"
-        folder = result_path(tmp_path, "tiny", run_id).parent
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(folder / run["predictions_file"], **{"test.labels": labels, "test.preds": preds})
-        runs.append(run)
+    arms = [("run-a", preds_a, "f00d", 100.0), ("run-b", preds_b, fingerprint_b, 90.0)]
+    runs = [
+        with_predictions(tmp_path, make_result(run_id, samples_per_s=speed, fingerprints={"test": fingerprint}),
+                         labels, preds)
+        for run_id, preds, fingerprint, speed in arms
+    ]  # fmt: skip
     return write(tmp_path, *runs), labels, preds_a, preds_b
 
 
@@ -557,3 +571,332 @@ def test_committed_results_and_every_fixture_validate():
     assert {result["run_id"]: result_problems(result) for result in fixtures} == {
         result["run_id"]: [] for result in fixtures
     }
+
+
+# --- pivot: one metric by settings
+
+
+def setup_runs(name: str, speeds: list[float], **recipe) -> list[dict]:
+    """Single runs of one setup, one per speed, with seeds 42, 43, …; recipe keys are dotted with __ for '.'."""
+    settings = {key.replace("__", "."): value for key, value in recipe.items()}
+    return [make_result(f"{name}-{i}", samples_per_s=speed, recipe={**settings, "train.seed": 42 + i})
+            for i, speed in enumerate(speeds)]  # fmt: skip
+
+
+def model_by_dtype(tmp_path: Path) -> list[dict]:
+    """tiny-bert: fp32 100/110/120, bf16 200/220 (and a failed run); other-bert: fp32 50, no bf16."""
+    return write(
+        tmp_path,
+        *setup_runs("tiny-fp32", [100.0, 110.0, 120.0]),
+        *setup_runs("tiny-bf16", [200.0, 220.0], precision__dtype="bf16"),
+        make_result("tiny-bf16-failed", status="failed", recipe={"precision.dtype": "bf16"}),
+        *setup_runs("other-fp32", [50.0], model__name="other-bert"),
+    )
+
+
+def test_pivot_cells_are_mean_std_and_n_of_their_runs(tmp_path):
+    pivot = build_pivot(model_by_dtype(tmp_path), ["model.name"], ["precision.dtype"], "train_samples_per_s")
+    assert pivot.columns == ["bf16", "fp32"]
+    other, tiny = pivot.rows
+    assert other == {"model.name": "other-bert", "bf16": None, "bf16_std": None, "bf16_n": 0,
+                     "fp32": 50.0, "fp32_std": None, "fp32_n": 1}  # fmt: skip
+    assert tiny["model.name"] == "tiny-bert" and tiny["fp32_n"] == 3 and tiny["bf16_n"] == 2  # the failed run: none
+    assert tiny["fp32"] == pytest.approx(110.0) and tiny["fp32_std"] == pytest.approx(10.0)
+    assert tiny["bf16"] == pytest.approx(210.0) and tiny["bf16_std"] == pytest.approx(np.std([200, 220], ddof=1))
+    assert pivot.notes == []
+    cells = markdown_rows(render_pivot_markdown(pivot))
+    assert cells == [
+        {"model.name": "other-bert", "bf16": "", "fp32": "50.0 (n=1)"},
+        {"model.name": "tiny-bert", "bf16": "210.0 ± 14.1 (n=2)", "fp32": "110.0 ± 10.0 (n=3)"},
+    ]
+    legend = "train_samples_per_s ↑ by model.name (rows) and precision.dtype (columns): mean ± standard deviation"
+    assert notes(render_pivot_markdown(pivot)) == [f"{legend} over a cell's runs (n runs)"]
+    row = list(csv.DictReader(io.StringIO(render_pivot_csv(pivot))))[1]
+    assert list(row) == ["model.name", "bf16", "bf16_std", "bf16_n", "fp32", "fp32_std", "fp32_n"]
+    assert float(row["fp32"]) == pytest.approx(110.0) and row["fp32_n"] == "3"
+    assert json.loads(render_json(pivot)) == pivot.rows
+
+
+def test_pivot_baseline_column_compares_each_row_with_its_own_cell(tmp_path):
+    results = model_by_dtype(tmp_path)
+    pivot = build_pivot(results, ["model.name"], ["precision.dtype"], baseline="fp32")
+    other, tiny = pivot.rows
+    direct = scipy.stats.ttest_ind([200, 220], [100, 110, 120], equal_var=False)
+    assert tiny["bf16_delta_pct"] == pytest.approx(100 * (210 - 110) / 110)
+    assert tiny["bf16_p_value"] == pytest.approx(direct.pvalue)
+    assert tiny["bf16_verdict"] == ("significant" if direct.pvalue < 0.05 else "within noise")
+    assert tiny["fp32_delta_pct"] is None and other["bf16_delta_pct"] is None  # the baseline itself; an empty cell
+    mark = "*" if direct.pvalue < 0.05 else "~"
+    text = render_pivot_markdown(pivot)
+    assert markdown_rows(text)[1]["bf16"] == f"210.0 ± 14.1 (n=2, +90.9% {mark})"
+    assert notes(text)[1].startswith("(+x.x%): change against the cell of fp32 in the same row; * significant")
+    by_row = build_pivot(results, ["model.name"], ["precision.dtype"], baseline="tiny-bert").rows[0]
+    assert by_row["fp32_delta_pct"] == pytest.approx(100 * (50 - 110) / 110)
+    assert by_row["fp32_verdict"] is None  # one run against three: Welch needs two a side
+
+
+def test_pivot_by_a_ran_field_in_numeric_order_notes_mixed_cells(tmp_path):
+    results = write(
+        tmp_path,
+        make_result("x16", processes=16, batch_size=2, samples_per_s=900.0),
+        make_result("x2-a", processes=2, batch_size=16, samples_per_s=180.0),
+        make_result("x4", processes=4, batch_size=8, samples_per_s=330.0),
+        make_result("x2-b", processes=2, batch_size=32, samples_per_s=200.0),
+    )
+    pivot = build_pivot(results, ["ran.world_size"], [], "train_samples_per_s")
+    assert pivot.columns == ["train_samples_per_s"]
+    cells = [(row["ran.world_size"], row["train_samples_per_s"], row["train_samples_per_s_n"]) for row in pivot.rows]
+    assert cells == [("2", 190.0, 2), ("4", 330.0, 1), ("16", 900.0, 1)]
+    mixed = "cells mix runs that differ in train.batch_size: their mean ± std spans those setups"
+    assert pivot.notes == [f"{mixed} (add the keys to --rows or --cols to tell them apart)"]
+
+
+def test_pivot_unknown_keys_and_baselines_name_the_closest(tmp_path):
+    results = model_by_dtype(tmp_path)
+    unknown = r"--rows: unknown key 'model.nam' \(did you mean 'model.name'\?\); keys that vary across these runs: "
+    with pytest.raises(ValueError, match=unknown + "model.name, precision.dtype, train.seed$"):
+        build_pivot(results, ["model.nam"], ["precision.dtype"])
+    with pytest.raises(ValueError, match=r"--cols: unknown key 'dtype' \(did you mean 'precision.dtype'\?\)"):
+        build_pivot(results, ["model.name"], ["dtype"])
+    with pytest.raises(ValueError, match=r"metric 'train_samples_per_sec' \(did you mean 'train_samples_per_s'"):
+        build_pivot(results, ["model.name"], ["precision.dtype"], "train_samples_per_sec")
+    neither = r"baseline 'fp33' is neither a column \(bf16, fp32\) nor a row \(other-bert, tiny-bert\) of the pivot"
+    with pytest.raises(ValueError, match=neither + r" \(did you mean 'fp32'\?\)"):
+        build_pivot(results, ["model.name"], ["precision.dtype"], baseline="fp33")
+
+
+def test_cli_pivot(tmp_path, capsys):
+    model_by_dtype(tmp_path)
+    code, out, _ = cli_compare(capsys, tmp_path, "--rows", "model.name", "--cols", "precision.dtype", "--baseline",
+                               "fp32", "--format", "json")  # fmt: skip
+    assert code == 0
+    assert json.loads(out) == pivot_table([str(tmp_path)], ["model.name"], ["precision.dtype"], baseline="fp32").rows
+    code, out, err = cli_compare(capsys, tmp_path, "--rows", "model.name", "--cols", "precision.dtyp")
+    assert code == 2 and "did you mean 'precision.dtype'" in err
+    code, out, err = cli_compare(capsys, tmp_path, "--rows", "model.name", "--metrics", "mfu")
+    assert code == 2 and "--metrics: not with --rows/--cols" in err
+    code, out, err = cli_compare(capsys, tmp_path, "--value", "mfu")
+    assert code == 2 and "--value" in err
+
+
+# --- the quality guard of speed-ups
+
+
+def speed_pair(tmp_path: Path, changed: int, recipe: dict, **options) -> list[dict]:
+    """A baseline and a second single run that predicted the same 100 test rows: the baseline is right on all,
+    the other wrong on the first `changed`; recipe and options set the second run's setup."""
+    labels = np.arange(100) % 4
+    preds = np.where(np.arange(100) < changed, (labels + 1) % 4, labels)
+    base = make_result("base", fingerprints={"test": "f00d"})
+    other = make_result("other", samples_per_s=180.0, fingerprints={"test": "f00d"}, recipe=recipe, **options)
+    return write(tmp_path, with_predictions(tmp_path, base, labels, labels),
+                 with_predictions(tmp_path, other, labels, preds))  # fmt: skip
+
+
+def guard_row(tmp_path: Path) -> dict:
+    return json.loads(compare([str(tmp_path)], ["train_samples_per_s"], fmt="json", baseline="base"))[1]
+
+
+def test_guard_finds_the_same_model_within_noise(tmp_path):
+    speed_pair(tmp_path, 0, {"precision.dtype": "bf16", "model.attn_implementation": "eager", "train.seed": 7})
+    row = guard_row(tmp_path)
+    assert (row["agreement"], row["kappa"], row["guard"]) == (1.0, 1.0, "same model within noise")
+    text = compare([str(tmp_path)], ["train_samples_per_s"], baseline="base")
+    cells = markdown_rows(text)
+    assert cells[0]["guard"] == "" and cells[1]["guard"] == "same model within noise"
+    assert cells[1]["agreement"] == "1.000" and cells[1]["kappa"] == "1.000"
+    legend = "guard (rows that differ from the baseline in speed settings only): agreement = share of test examples"
+    assert any(line.startswith(legend) for line in notes(text))
+
+
+def test_guard_flags_a_speed_up_that_changed_30_percent_of_predictions(tmp_path):
+    speed_pair(tmp_path, 30, {"precision.dtype": "fp16"})
+    row = guard_row(tmp_path)
+    labels = np.arange(100) % 4
+    preds = np.where(np.arange(100) < 30, (labels + 1) % 4, labels)
+    assert row["agreement"] == pytest.approx(0.7)
+    assert row["kappa"] == pytest.approx(cohen_kappa_score(labels, preds))
+    accuracy, f1_macro = row["guard"].removeprefix("changed: ").split("; ")
+    assert accuracy == "accuracy −30.0 pts, p<0.001"  # McNemar: 30 discordant rows, all against
+    drop = 100 * (1 - f1_score(labels, preds, average="macro"))
+    assert f1_macro.startswith(f"f1_macro −{drop:.1f} pts, 95% CI −")  # the paired bootstrap's interval
+
+
+@pytest.mark.parametrize(
+    "recipe, options",
+    [({"train.batch_size": 16, "train.gradient_accumulation_steps": 2}, {}),  # the same global batch of 32
+     ({"hardware.deepspeed": "zero2", "hardware.offload": "cpu"}, {"processes": 2, "batch_size": 16})],
+)  # fmt: skip
+def test_guard_covers_a_batch_split_at_the_same_global_batch(tmp_path, recipe, options):
+    speed_pair(tmp_path, 0, recipe, **options)
+    assert guard_row(tmp_path)["guard"] == "same model within noise"
+
+
+@pytest.mark.parametrize(
+    "recipe, options",
+    [({"train.learning_rate": 1e-4}, {}), ({"model.name": "other-bert"}, {}), ({}, {"batch_size": 16})],
+)  # fmt: skip
+def test_no_guard_when_a_setting_other_than_speed_differs(tmp_path, recipe, options):
+    speed_pair(tmp_path, 30, {"precision.dtype": "bf16", **recipe}, **options)
+    row = guard_row(tmp_path)
+    assert "guard" not in row and "agreement" not in row
+    assert row["train_samples_per_s_delta_pct"] == pytest.approx(80.0)
+
+
+def test_guard_of_repeats_uses_welch_over_seeds(tmp_path):
+    base, fast = seeds("base", [100.0] * 3), seeds("fast", [200.0] * 3)
+    for runs, scores in ((base, [0.90, 0.93, 0.96]), (fast, [0.82, 0.85, 0.88])):
+        for run, score in zip(runs, scores):
+            run["accuracy"] = {"test": {"accuracy": score}}
+            run["recipe"]["precision"]["dtype"] = "bf16" if run in fast else "fp32"
+    row = build_table(write(tmp_path, *base, *fast), ["train_samples_per_s"], baseline="base").rows[1]
+    direct = scipy.stats.ttest_ind([0.82, 0.85, 0.88], [0.90, 0.93, 0.96], equal_var=False)
+    assert 0.001 < direct.pvalue < 0.05
+    assert row["agreement"] is None and row["kappa"] is None
+    assert row["guard"] == f"changed: accuracy −8.0 pts, p={direct.pvalue:.3f}"
+
+
+# --- cost
+
+
+def h100_pair(tmp_path: Path) -> list[dict]:
+    """Two H100s for half an hour at 100 samples/s, and a CPU run."""
+    gpu = make_result("h100x2", processes=2, device_name="NVIDIA H100 80GB HBM3")
+    gpu["speed"]["total_wall_s"] = 1800.0
+    return write(tmp_path, gpu, make_result("cpu"))
+
+
+def test_cost_is_price_times_gpus_times_hours(tmp_path):
+    table = build_table(h100_pair(tmp_path), COST_METRICS)
+    price = read_price_file(SHIPPED).price("NVIDIA H100 80GB HBM3")
+    gpu, cpu = table.rows
+    assert gpu["cost_usd"] == pytest.approx(2 * 0.5 * price)
+    assert gpu["usd_per_million_samples"] == pytest.approx(price * 2 / 3600 / 100.0 * 1e6)
+    assert cpu["cost_usd"] is None and cpu["usd_per_million_samples"] is None
+    assert table.notes == [
+        "cost: USD per GPU-hour for NVIDIA H100 80GB HBM3 from https://modal.com/pricing, read on 2025-06",
+        "cost: prices change; check them (--prices FILE.json or --price 'DEVICE=USD_PER_HOUR' override)",
+        "cost: null for 1 run without a GPU (CPU): no GPU price applies",
+    ]
+    assert "cost_usd" not in build_table(h100_pair(tmp_path / "again"), DEFAULT_METRICS).rows[0]
+
+
+def test_cost_with_overridden_prices_and_without_a_price(tmp_path):
+    results = h100_pair(tmp_path)
+    table = build_table(results, ["cost_usd"], prices=load_prices(flags=["H100=4"]))
+    assert table.rows[0]["cost_usd"] == pytest.approx(2 * 0.5 * 4.0)
+    assert table.notes[0] == "cost: USD per GPU-hour for NVIDIA H100 80GB HBM3 from --price"
+    rtx = write(tmp_path / "rtx", make_result("rtx", device_name="NVIDIA GeForce RTX 4090"))
+    table = build_table(rtx, ["usd_per_million_samples"])
+    assert table.rows[0]["usd_per_million_samples"] is None
+    no_price = "cost: null for 1 run on 'NVIDIA GeForce RTX 4090', which has no price"
+    assert table.notes == [f"{no_price}: add --price 'NVIDIA GeForce RTX 4090=USD_PER_HOUR'"]
+
+
+def test_cli_prices_by_flag_and_file_add_the_cost_columns(tmp_path, capsys):
+    h100_pair(tmp_path / "runs")
+
+    def costs(*options) -> dict[str, float | None]:
+        code, out, _ = cli_compare(capsys, tmp_path / "runs", *options, "--format", "json")
+        assert code == 0
+        return {row["run"]: row["cost_usd"] for row in json.loads(out)}
+
+    assert costs("--price", "NVIDIA H100 80GB HBM3=3") == {"cpu": None, "h100x2": pytest.approx(3.0)}
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"gpus": {"H100": {"usd_per_hour": 5, "device_names": ["NVIDIA H100 80GB HBM3"]}}}))
+    assert costs("--prices", prices) == {"cpu": None, "h100x2": pytest.approx(5.0)}
+    code, _, err = cli_compare(capsys, tmp_path / "runs", "--price", "H100")
+    assert code == 2 and "expected DEVICE=USD_PER_HOUR" in err
+    prices = load_prices(flags=["H100=3"])
+    pivot = pivot_table([str(tmp_path / "runs")], ["ran.device_name"], [], "cost_usd", prices=prices)
+    assert [(row["ran.device_name"], row["cost_usd"]) for row in pivot.rows] == [("NVIDIA H100 80GB HBM3", 3.0)]
+    assert pivot.notes[-1] == "cost: null for 1 run without a GPU (CPU): no GPU price applies"
+
+
+# --- throughput against peak memory
+
+
+def memory_runs(tmp_path: Path) -> list[dict]:
+    """(per-device batch, CUDA GiB, samples/s): 16 → (1, 50), 32 → (2, 100), 24 → (3, 90) is beaten by 32, 48 →
+    (4, 120) by 64 → (4, 150); batch 128 ran out of memory."""
+    runs = [make_result(f"b{batch}", batch_size=batch, cuda_bytes=gib * 2**30, samples_per_s=speed)
+            for batch, gib, speed in [(16, 1, 50.0), (32, 2, 100.0), (24, 3, 90.0), (48, 4, 120.0), (64, 4, 150.0)]]
+    oom = make_result("b128", batch_size=128, status="failed")
+    oom["error"] = {"type": "OutOfMemory", "message": "CUDA out of memory", "phase": "training", "batch_size": 128}
+    return write(tmp_path, *runs, oom)  # fmt: skip
+
+
+def test_pareto_front_by_hand_and_out_of_memory_runs_kept(tmp_path):
+    chart = pareto_chart(group_runs(memory_runs(tmp_path)))
+    assert [(point.label, point.memory_gib, point.samples_per_s, point.optimal) for point in chart.points] == [
+        ("batch_size=16", 1.0, 50.0, True),
+        ("batch_size=32", 2.0, 100.0, True),
+        ("batch_size=24", 3.0, 90.0, False),
+        ("batch_size=48", 4.0, 120.0, False),
+        ("batch_size=64", 4.0, 150.0, True),
+    ]
+    assert all(point.cuda for point in chart.points)
+    assert [(failed.label, failed.batch_size) for failed in chart.out_of_memory] == [("batch_size=128", 128)]
+    host = pareto_chart(group_runs(write(tmp_path / "cpu", make_result("cpu-run"))))
+    assert [(point.memory_gib, point.cuda, point.label) for point in host.points] == [(3.0, False, "cpu-run")]
+
+
+def test_pareto_draws_the_front_and_a_red_x_per_out_of_memory_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    from harness.compare import draw_pareto
+
+    figure, axis = plt.subplots()
+    draw_pareto(axis, pareto_chart(group_runs(memory_runs(tmp_path))))
+    (front,) = axis.lines
+    assert front.get_xydata().tolist() == [[1.0, 50.0], [2.0, 100.0], [4.0, 150.0]]
+    (oom,) = [collection for collection in axis.collections if collection.get_label() == "out of memory"]
+    ((x, y),) = oom.get_offsets().tolist()
+    assert 4.0 < x < axis.get_xlim()[1] and 0 < y < 150.0  # at the memory axis' right edge, inside the plot
+    assert tuple(oom.get_edgecolor()[0]) == to_rgba("red")
+    texts = [text.get_text() for text in axis.texts]
+    assert "OOM, batch 128: batch_size=128" in texts and "batch_size=48" in texts
+    plt.close(figure)
+
+
+def test_cli_pareto_writes_a_new_image_only(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    memory_runs(tmp_path / "runs")
+    image = tmp_path / "pareto.png"
+    code, out, _ = cli_compare(capsys, tmp_path / "runs", "--pareto", image)
+    assert code == 0 and out.endswith(f"pareto: {image}\n")
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, _, err = cli_compare(capsys, tmp_path / "runs", "--pareto", image)
+    assert code == 2 and "exists" in err
+
+
+def reaching(results: list[dict], walls: list[float | None], device: str | None = None) -> list[dict]:
+    """Each run's training.target: reached after walls[i] seconds (None: never reached)."""
+    for result, wall in zip(results, walls):
+        result["training"]["target"] = {"metrics": {"f1_macro": 0.9}, "reached": wall is not None, "step": None,
+                                        "epoch": None, "samples": None if wall is None else int(wall * 10),
+                                        "train_wall_s": wall, "energy_j": None if wall is None else wall * 300.0}  # fmt: skip
+        result["ran"]["device_name"] = device
+    return results
+
+
+def test_time_energy_and_cost_to_target_are_medians_with_their_range_over_repeats(tmp_path):
+    """MLPerf's way: a row of seeds shows the median time to target of the runs that reached it, their range, and
+    how many did; cost to target prices the GPUs for that time."""
+    runs = reaching(seeds("g", [100.0, 110.0, 90.0, 95.0]), [120.0, 80.0, None, 100.0], "NVIDIA H100 80GB HBM3")
+    names = ["time_to_target_s", "samples_to_target", "energy_to_target_j", "cost_to_target_usd"]
+    table = build_table(write(tmp_path, *runs), names)
+    (row,) = table.rows
+    assert row["time_to_target_s"] == 100.0 and row["time_to_target_s_range"] == [80.0, 120.0]
+    assert row["time_to_target_s_reached"] == "3/4" and row["time_to_target_s_std"] is None
+    assert row["energy_to_target_j"] == 300.0 * 100.0 and row["samples_to_target"] == 1000
+    price = read_price_file(SHIPPED).price("NVIDIA H100 80GB HBM3")
+    assert row["cost_to_target_usd"] == pytest.approx(price * 100.0 / 3600)
+    cells = markdown_rows(render_markdown(table))[0]
+    assert cells["time_to_target_s ↓"] == "100 [80.0, 120] (3/4 reached)"
+    assert any("median over a row's runs that reached train.target" in line for line in notes(render_markdown(table)))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import scipy.stats
-from sklearn.metrics import f1_score
+from sklearn.metrics import cohen_kappa_score, f1_score
 
-from harness.stats import Comparison, mcnemar, mean_std, paired_f1_difference, welch
+from harness.stats import Comparison, cohen_kappa, mcnemar, mean_std, paired_f1_difference, welch
 
 
 def test_mean_std_of_three_seeds_and_of_one():
@@ -92,3 +93,26 @@ def test_significance_uses_the_p_value_else_the_interval():
     assert not Comparison(0.1, [0.05, 0.4], p_value=0.2).significant
     assert Comparison(0.1, [0.05, 0.4]).significant
     assert not Comparison(0.1, [-0.05, 0.4]).significant
+
+
+def test_cohen_kappa_by_hand():
+    # observed agreement 3/4; by chance (2·1 + 2·3) / 4² = 1/2; kappa (3/4 − 1/2) / (1 − 1/2)
+    assert cohen_kappa([0, 0, 1, 1], [0, 1, 1, 1]) == pytest.approx(0.5)
+    assert cohen_kappa([0, 1, 2, 0], [0, 1, 2, 0]) == 1.0
+
+
+@pytest.mark.parametrize("seed, agree", [(1, 0.9), (2, 0.5), (3, 0.0)])
+def test_cohen_kappa_is_sklearns(seed, agree):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 5, size=300)
+    b = np.where(rng.random(300) < agree, a, rng.integers(0, 6, size=300))  # class 5: b's alone
+    assert cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
+    words = np.array(["joy", "anger", "fear"])
+    assert cohen_kappa(words[a % 3], words[b % 3]) == pytest.approx(cohen_kappa_score(words[a % 3], words[b % 3]))
+
+
+def test_cohen_kappa_is_none_where_sklearn_answers_nan():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns that kappa is undefined
+        assert math.isnan(cohen_kappa_score([2, 2, 2], [2, 2, 2]))
+    assert cohen_kappa([2, 2, 2], [2, 2, 2]) is None
