@@ -1,4 +1,4 @@
-"""Recipes: the typed schema, loading, dotted overrides and validation.
+"""Recipes: the typed schema, loading, dotted overrides, sweeps (`sweep:` axes) and validation.
 
 A recipe is one YAML file under ``recipes/``. This module imports no torch, so
 ``harness list`` and ``harness validate`` answer instantly; checks that need the
@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import difflib
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -156,6 +157,8 @@ class TrainSpec:
         "f1_macro", "accuracy", "f1_micro", "f1_weighted", "loss"
     ] = "f1_macro"
     save_best: bool = True
+    # time to target: the first evaluation whose metrics all reach these values (loss: at most) is recorded
+    target: dict[str, float] = field(default_factory=dict)
     log_every_steps: int = 10
     report_to: list[Literal["wandb", "tensorboard"]] = field(default_factory=list)
 
@@ -176,6 +179,19 @@ class TrainSpec:
             raise RecipeError("train.eval_steps: required when train.eval_strategy is 'steps'")
         if self.save_best and self.eval_strategy == "no":
             raise RecipeError("train.save_best: needs evaluation; set train.eval_strategy or save_best: false")
+        self.check_target()
+
+    def check_target(self) -> None:
+        metrics = typing.get_args(typing.get_type_hints(TrainSpec)["metric_for_best_model"])
+        for name, value in self.target.items():
+            if name not in metrics:
+                close = difflib.get_close_matches(str(name), metrics, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise RecipeError(f"train.target.{name}: not a validation metric{hint}; one of {', '.join(metrics)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise RecipeError(f"train.target.{name}: got {value!r}; expected a number, for example 0.9")
+        if self.target and self.eval_strategy == "no":
+            raise RecipeError("train.target: needs evaluation; set train.eval_strategy: steps (and eval_steps) or epoch")
 
 
 @dataclass
@@ -259,9 +275,10 @@ class Recipe:
 
     @property
     def hash(self) -> str:
-        """Short content hash of what the recipe runs: equal hashes, equal configuration. The description and
-        the output folders change no number, so they are left out."""
+        """Short content hash of what the recipe runs: equal hashes, equal configuration. The description, the
+        output folders and the time-to-target threshold (an observer) change no number, so they are left out."""
         content = {key: value for key, value in self.to_dict().items() if key not in ("description", "output")}
+        content["train"] = {key: value for key, value in content["train"].items() if key != "target"}
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -453,12 +470,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise RecipeError(f"--set {text!r}: expected KEY=VALUE, for example train.learning_rate=3e-5")
+    path = dotted_path(key, f"--set {text!r}")
+    return path, parse_yaml(value, f"--set {text!r}") if value.strip() else ""
+
+
+def dotted_path(key: str, source: str) -> list[str]:
+    """'train.learning_rate' -> ['train', 'learning_rate'] (a --set key or a sweep axis); errors start with source."""
     path = [part.strip() for part in key.split(".")]
     if not all(path):
         raise RecipeError(
-            f"--set {text!r}: the key '{key.strip()}' has an empty part; write dotted keys such as train.learning_rate"
+            f"{source}: the key '{key.strip()}' has an empty part; write dotted keys such as train.learning_rate"
         )
-    return path, parse_yaml(value, f"--set {text!r}") if value.strip() else ""
+    return path
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -466,13 +489,18 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     result = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
-        node = result
-        for depth, part in enumerate(path[:-1], start=1):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise RecipeError(f"--set {text!r}: '{'.'.join(path[:depth])}' is not a section (it holds {node!r})")
-        node[path[-1]] = value
+        set_dotted(result, path, value, f"--set {text!r}")
     return result
+
+
+def set_dotted(raw: dict[str, Any], path: list[str], value: Any, source: str) -> None:
+    """raw[path[0]]...[path[-1]] = value, making the sections on the way; errors start with source."""
+    node = raw
+    for depth, part in enumerate(path[:-1], start=1):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"{source}: '{'.'.join(path[:depth])}' is not a section (it holds {node!r})")
+    node[path[-1]] = value
 
 
 # --------------------------------------------------------------------------- files
@@ -566,12 +594,109 @@ def _name_of_file(path: Path) -> str:
 
 
 def load_recipe(name_or_path: str, overrides: list[str] = (), root: Path | None = None) -> Recipe:
-    """Find, read, override and validate a recipe; errors name the file and the field."""
+    """Find, read, override and validate a recipe; errors name the file and the field. A recipe with a
+    `sweep:` is validated cell by cell and stands for its base, the recipe without the sweep (what
+    `harness run` runs); `harness sweep` runs its cells."""
+    return load_sweep(name_or_path, overrides, root).base
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+@dataclass
+class SweepCell:
+    """One point of a sweep's Cartesian product: the axis values it sets and the recipe they resolve to. The
+    recipe has no sweep, so its hash is that of the same recipe written out by hand."""
+
+    settings: dict[str, Any]  # dotted axis key -> value, in the order of the sweep's axes
+    recipe: Recipe
+
+    @property
+    def label(self) -> str:
+        return settings_label(self.settings)
+
+
+@dataclass
+class Sweep:
+    """A recipe file as `harness sweep` reads it."""
+
+    base: Recipe  # the recipe without its sweep
+    cells: list[SweepCell]  # empty when the recipe has no sweep
+
+
+def settings_label(settings: dict[str, Any]) -> str:
+    """'train.batch_size=16 data.padding=chunk': the cell as --set would write it."""
+    return " ".join(f"{key}={setting_text(value)}" for key, value in settings.items())
+
+
+def setting_text(value: Any) -> str:
+    """A value as --set reads it and compare writes it: text as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def load_sweep(name_or_path: str, overrides: list[str] = (), root: Path | None = None) -> Sweep:
+    """Find, read, override and validate a recipe and every cell of its `sweep:` (the values outside it make
+    the base, itself a valid recipe); errors name the file, the field and the cell."""
     path = find_recipe(name_or_path, root)
     raw = apply_overrides(read_recipe_file(path, root), list(overrides))
+    axes = raw.pop("sweep", None)
     try:
         if "name" not in raw:
             raw["name"] = _name_of_file(path)
-        return recipe_from_dict(raw)
+        base = recipe_from_dict(raw)
+        return Sweep(base, [] if axes is None else sweep_cells(raw, axes, list(overrides)))
     except RecipeError as error:
         raise RecipeError(f"{path}: {error}") from None
+
+
+def sweep_cells(raw: dict[str, Any], axes: Any, overrides: list[str] = ()) -> list[SweepCell]:
+    """The Cartesian product of the axes over the raw base recipe, in the order the axes are written (the last
+    varies fastest), each cell validated; a value no cell may take names its axis key and its cell."""
+    paths = sweep_axes(axes, overrides)
+    combinations = list(itertools.product(*axes.values()))
+    cells = []
+    for number, values in enumerate(combinations, start=1):
+        settings = dict(zip(axes, values))
+        cell_raw = copy.deepcopy(raw)
+        try:
+            for key, value in settings.items():
+                set_dotted(cell_raw, paths[key], value, f"sweep.{key}")
+            cells.append(SweepCell(settings, recipe_from_dict(cell_raw)))
+        except RecipeError as error:
+            cell = f"sweep cell {number} of {len(combinations)} ({settings_label(settings)})"
+            raise RecipeError(f"{cell}: {error}") from None
+    refuse_equal_cells(cells)
+    return cells
+
+
+def sweep_axes(axes: Any, overrides: list[str]) -> dict[str, list[str]]:
+    """Each axis key as a dotted path, once the sweep is a mapping of dotted keys to non-empty lists and no
+    --set fixes an axis (the axis would silently win)."""
+    example = "for example sweep: {train.batch_size: [16, 32], data.padding: [batch, chunk]}"
+    if not isinstance(axes, dict) or not axes:
+        raise RecipeError(f"sweep: got {axes!r}; expected a mapping of dotted keys to lists of values, {example}")
+    overridden = {".".join(parse_override(text)[0]): text for text in overrides}
+    paths = {}
+    for key, values in axes.items():
+        if not isinstance(key, str):
+            raise RecipeError(f"sweep: the key {key!r} is not a dotted key such as train.batch_size; {example}")
+        if not isinstance(values, list) or not values:
+            raise RecipeError(f"sweep.{key}: got {values!r}; expected a list of one or more values, {example}")
+        paths[key] = dotted_path(key, f"sweep.{key}")
+        axis = ".".join(paths[key])
+        for set_key, text in overridden.items():
+            if set_key == axis or set_key.startswith(f"{axis}."):
+                raise RecipeError(f"sweep.{key}: --set {text!r} sets what this axis sets; drop one of the two")
+    return paths
+
+
+def refuse_equal_cells(cells: list[SweepCell]) -> None:
+    """Two cells that resolve to the same recipe (a value given twice) would run the same thing twice."""
+    first_of: dict[str, int] = {}
+    for number, cell in enumerate(cells, start=1):
+        first = first_of.setdefault(cell.recipe.hash, number)
+        if first != number:
+            raise RecipeError(
+                f"sweep: cells {first} ({cells[first - 1].label}) and {number} ({cell.label}) resolve to the same "
+                f"recipe (hash {cell.recipe.hash}); give each axis distinct values"
+            )

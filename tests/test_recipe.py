@@ -84,8 +84,10 @@ def file_value(path: Path, section: str, key: str):
 
 @pytest.mark.parametrize("path", recipe_files(), ids=lambda p: p.stem)
 def test_each_shipped_recipe_starts_with_its_run_line(path):
+    """The command that runs it: `harness sweep` for a recipe with sweep axes, else `harness run`."""
     first = path.read_text().splitlines()[0]
-    expected = f"# Run: harness run {path.stem}"
+    command = "sweep" if "sweep" in yaml.safe_load(path.read_text()) else "run"
+    expected = f"# Run: harness {command} {path.stem}"
     assert first == expected or first.startswith(expected + " "), first
 
 
