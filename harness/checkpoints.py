@@ -111,6 +111,7 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"step": None, "value": None, "metrics": None})
+    target: dict[str, Any] | None = None  # the first evaluation that reached train.target: step, wall time, energy
 
 
 def save_progress(accelerator: Accelerator, state_dir: Path, progress: Progress) -> None:

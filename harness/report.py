@@ -13,17 +13,18 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 
-from harness.collector import merge_rank_logs, speed_report
+from harness.collector import StepLog, merge_rank_logs, speed_report
 from harness.distributed import deepspeed_summary, fsdp_options
 from harness.environment import collect_environment
 from harness.evaluation import Evaluation
 from harness.failures import record_failure
 from harness.hardware import math_mode, peak_flops
 from harness.results import (
-    MemoryReport, RunResult, predictions_path, save_predictions, save_result, save_somewhere, utc_now,
+    MemoryReport, RunResult, SpeedReport, predictions_path, save_predictions, save_result, save_somewhere, utc_now,
 )  # fmt: skip
 
 if TYPE_CHECKING:
+    from harness.checkpoints import Progress
     from harness.plan import Plan
     from harness.train import Outcome, Run
 
@@ -104,6 +105,7 @@ def gather_and_save(run: Run, outcome: Outcome, test: Evaluation | None, test_fr
     acc = run.accelerator
     logs = gather_object([outcome.log.to_dict()])
     memory = gather_object([{"rank": acc.process_index, **peak_memory(run.device)}])
+    energies = gather_object([run.energy.window_joules()])
     acc.end_training()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # an orderly exit: no rank tears the group down mid-use
@@ -120,13 +122,38 @@ def gather_and_save(run: Run, outcome: Outcome, test: Evaluation | None, test_fr
 
         predictions = save_somewhere(results_dir, write)
         results_dir = predictions.parent.parent  # the result goes beside its predictions (a fallback if need be)
-    result = build_result(run, outcome, test, test_from, logs, memory)
+    result = build_result(run, outcome, test, test_from, logs, memory, energies)
     result.predictions_file = predictions.name if predictions else None
     return save_result(results_dir, result)
 
 
+def add_energy(speed: SpeedReport, log: StepLog, energies: list[float | None]) -> None:
+    """The measured window's energy over every GPU, and per training sample of the measured steps."""
+    if None in energies or speed.measured_steps == 0:
+        return
+    speed.energy_j = sum(energies)
+    samples = sum(log.samples[speed.warmup_steps:])
+    speed.joules_per_sample = speed.energy_j / samples if samples else None
+
+
+def target_record(run: Run, progress: Progress, log: StepLog, resumed_from: int | None) -> dict[str, Any] | None:
+    """Time to target: when the first evaluation reached train.target (null fields if none did), with the
+    optimizer steps and the training samples it took. A target reached in an earlier attempt of a resumed run
+    has no sample count here (this attempt's step log does not cover it)."""
+    target = run.recipe.train.target
+    if not target:
+        return None
+    reached = progress.target or {}
+    steps_before = resumed_from or 0
+    samples = None
+    if reached and reached["step"] > steps_before:
+        samples = sum(log.samples[: reached["step"] - steps_before])
+    return {"metrics": target, "reached": bool(reached), "step": reached.get("step"), "epoch": reached.get("epoch"),
+            "samples": samples, "train_wall_s": reached.get("train_wall_s"), "energy_j": reached.get("energy_j")}  # fmt: skip
+
+
 def build_result(run: Run, outcome: Outcome, test: Evaluation | None, test_from: str | None,
-                 logs: list[dict], memory: list[dict]) -> RunResult:  # fmt: skip
+                 logs: list[dict], memory: list[dict], energies: list[float | None]) -> RunResult:  # fmt: skip
     recipe, progress = run.recipe, outcome.progress
     best, names = progress.best, run.labels.names
     accuracy = {}
@@ -147,6 +174,7 @@ def build_result(run: Run, outcome: Outcome, test: Evaluation | None, test_from:
         eval_samples_per_s=final.samples_per_s if final else None,
         total_wall_s=time.time() - run.started,
     )
+    add_energy(speed, log, energies)
     return RunResult(
         run_id=run.plan.run_id, kind="train", status="completed",
         recipe_name=recipe.name, recipe_hash=recipe.hash, recipe=recipe.to_dict(),
@@ -161,6 +189,7 @@ def build_result(run: Run, outcome: Outcome, test: Evaluation | None, test_from:
             "best": {"step": best["step"], "metric": recipe.train.metric_for_best_model, "value": best["value"],
                      "checkpoint": str(run.plan.best_checkpoint) if recipe.train.save_best else None},
             "test_from": test_from,
+            "target": target_record(run, progress, log, outcome.resumed_from_step),
             "resumed_from_step": outcome.resumed_from_step,
             "step_log": log.to_dict(),
         },

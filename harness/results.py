@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 import secrets
@@ -49,6 +50,8 @@ class SpeedReport:
     achieved_flops_per_s: float | None = None
     peak_flops_per_s_per_device: float | None = None  # null when the device's peak is not known
     mfu: float | None = None  # achieved / (peak x world size); null when the peak is not known
+    energy_j: float | None = None  # GPU energy of the measured window, all GPUs (NVML); null on CPU or without NVML
+    joules_per_sample: float | None = None  # energy_j / the training samples of the measured steps
 
 
 @dataclass
@@ -282,6 +285,12 @@ def result_problems(document: Any) -> list[str]:
 JSON_TYPES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
 
 
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """A dataclass's resolved field types, once per class: compare validates thousands of files."""
+    return get_type_hints(cls)
+
+
 def schema_problems(value: Any, hint: Any, where: str = "") -> list[str]:
     """The problems of a JSON value against a type hint, found by recursing through dataclass fields, dicts,
     lists, unions, Literals and JSON scalars; where is the dotted path of value in the document."""
@@ -291,7 +300,7 @@ def schema_problems(value: Any, hint: Any, where: str = "") -> list[str]:
         return [f"{where or 'document'}: expected {describe_type(hint)}, got {show_value(value)}"]
     prefix = f"{where}." if where else ""
     if dataclasses.is_dataclass(arm):
-        hints = get_type_hints(arm)
+        hints = field_types(arm)
         problems = []
         for item in dataclasses.fields(arm):
             if item.name in value:

@@ -9,6 +9,7 @@ checkpoints and results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -31,6 +32,7 @@ from transformers import get_scheduler
 
 from harness.checkpoints import Progress, load_weights, resume, save_checkpoint, save_progress
 from harness.collector import BatchCounts, StepLog, StepTimer, cuda_timer
+from harness.energy import EnergyMeter, nvml_reader
 from harness.data import eval_loader, load_labelled, tokenize, train_loader
 from harness.distributed import deepspeed_config, fsdp_options
 from harness.errors import HarnessError
@@ -145,6 +147,8 @@ class Run:
         # read back from the prepared model: its device, and the dtype DeepSpeed or FSDP gave it
         self.model_description = describe_model(self.accelerator.unwrap_model(self.model))
         self.best_validation: Evaluation | None = None
+        self.energy = EnergyMeter(nvml_reader(self.device))
+        self.train_start = time.perf_counter()
         self.progress: Progress | None = None  # the loop's progress, also when it is stopped from outside
         self.batch_in_flight: tuple[str, list[int] | None] = ("setup", None)  # named if it runs out of memory
 
@@ -188,7 +192,12 @@ class Run:
         bar = tqdm(total=self.total_steps, initial=step, desc="training", disable=not acc.is_local_main_process)
         self.model.train()
         self.stop.start_training()
-        train_start = time.perf_counter()
+        warmup, attempt_steps = self.recipe.collector.warmup_steps, 0
+        synchronize(self.device)
+        self.energy.start_loop()
+        if warmup == 0:
+            self.energy.open_window()
+        train_start = self.train_start = time.perf_counter()
         timer.restart()
         for epoch in range(state.epochs_done, self.epochs):
             self.train_dl.set_epoch(epoch)  # reaches the sampler through accelerate's wrappers: a new order
@@ -212,7 +221,11 @@ class Run:
                 step += 1
                 state.step = step
                 timer.step_done(counts, self.flops.training_flops(counts.lengths))
-                counts = BatchCounts()
+                counts, attempt_steps = BatchCounts(), attempt_steps + 1
+                if attempt_steps == warmup:  # the measured window starts: its energy is read from here on
+                    synchronize(self.device)
+                    self.energy.open_window()
+                    timer.restart()
                 bar.update()
                 if first_step_s is None:
                     synchronize(self.device)
@@ -223,21 +236,33 @@ class Run:
                     running_loss.zero_()
                     micro_batches = 0
                 if self.evaluates_at(step):
-                    self.evaluate_and_keep_best(step, epoch, state)
-                    timer.restart()  # evaluation time is never inside a training step
+                    with self.outside_the_window(timer):
+                        self.evaluate_and_keep_best(step, epoch, state)
                 self.stop.check()  # a stop asked for by a signal: every rank leaves here, after the same step
                 if step >= self.total_steps:
                     break
             if self.plan.resumable:
                 state.step, state.epochs_done = step, epoch + 1
-                save_progress(acc, self.state_dir, state)
-                timer.restart()
+                with self.outside_the_window(timer):
+                    save_progress(acc, self.state_dir, state)
             if step >= self.total_steps:
                 break
         synchronize(self.device)
+        self.energy.pause()
         bar.close()
         state.step = step
         return Outcome(timer.finalize(), state, first_step_s, time.perf_counter() - train_start, resumed_from)
+
+    @contextlib.contextmanager
+    def outside_the_window(self, timer: StepTimer):
+        """An evaluation or a save: no training step's time and no measured energy. The device finishes the
+        steps before it first; the step timer restarts after it."""
+        synchronize(self.device)
+        self.energy.pause()
+        yield
+        synchronize(self.device)
+        self.energy.resume()
+        timer.restart()
 
     def log_loss(self, step: int, epoch: int, loss: torch.Tensor, learning_rate: float) -> dict[str, Any]:
         """The mean training loss since the last entry, averaged over ranks. .item() waits for the device:
@@ -262,7 +287,12 @@ class Run:
         scores = evaluation.metrics(self.labels.names)
         metric = self.recipe.train.metric_for_best_model
         summary = {k: scores[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro", "f1_weighted")}
-        state.evals.append({"step": step, "epoch": epoch, **summary})
+        # the wall time of the training loop (this attempt) when this evaluation ended, evaluations included
+        state.evals.append({"step": step, "epoch": epoch, **summary, "train_wall_s": time.perf_counter() - self.train_start})
+        if state.target is None and reaches(summary, self.recipe.train.target):
+            energies = gather_object([self.energy.joules_since_loop_start()])  # every GPU's, evaluations included
+            state.target = {"step": step, "epoch": epoch, "train_wall_s": state.evals[-1]["train_wall_s"],
+                            "energy_j": None if None in energies else sum(energies)}  # fmt: skip
         self.accelerator.log({f"eval/{k}": v for k, v in summary.items()}, step=step)
         if is_better(metric, scores[metric], state.best["value"]):
             state.best.update(step=step, value=scores[metric], metrics=scores)
@@ -286,6 +316,13 @@ class Run:
         test_from = self.test_weights(best)
         self.batch_in_flight = ("evaluation", None)
         return evaluate(self.model, self.eval_dls["test"], self.accelerator, self.device, "testing", self.stop), test_from
+
+
+def reaches(scores: dict[str, float], target: dict[str, float]) -> bool:
+    """Every metric of the target reached: at least its value, or at most for the loss."""
+    if not target:
+        return False
+    return all(scores[k] <= v if k == "loss" else scores[k] >= v for k, v in target.items())
 
 
 def is_better(metric: str, value: float, best: float | None) -> bool:
