@@ -101,22 +101,76 @@ def repeat_plans(recipe: Recipe, repeats: int, results_dir: str | None) -> list[
     ]  # fmt: skip
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.compare import DEFAULT_METRICS, RENDERERS, compare_table, plot_table
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.sweep import run_sweep
 
-    metrics = args.metrics.split(",") if args.metrics else DEFAULT_METRICS
+    return run_sweep(args.recipe, args.set, repeats=args.repeats, rerun=args.rerun, results_dir=args.results_dir)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import (
+        COST_METRICS,
+        DEFAULT_METRICS,
+        PIVOT_RENDERERS,
+        RENDERERS,
+        THROUGHPUT,
+        compare_pareto,
+        compare_table,
+        pivot_table,
+        plot_table,
+    )
+    from harness.prices import load_prices
+
+    rows, cols = ([key.strip() for key in (text or "").split(",") if key.strip()] for text in (args.rows, args.cols))
+    pivot = bool(rows or cols)
+    clashes = [flag for flag, given in (("--metrics", args.metrics), ("--plot", args.plot)) if given]
+    if pivot and clashes:
+        raise HarnessError(f"{' and '.join(clashes)}: not with --rows/--cols, whose pivot shows one metric (--value)")
+    if args.value and not pivot:
+        raise HarnessError("--value: lays one metric out by settings, with --rows and/or --cols (see --help)")
+    defaults = DEFAULT_METRICS + (COST_METRICS if args.prices or args.price else [])  # prices given: show costs
     try:
-        table = compare_table(args.paths, metrics, split=args.split, baseline=args.baseline, ratio_of=args.ratio_of,
-                              per_run=args.per_run, strict=args.strict)  # fmt: skip
-    except ValueError as error:  # unknown metric or baseline (the message lists the valid ones), unusable files
+        prices = load_prices(args.prices, args.price)
+        if pivot:
+            table = pivot_table(args.paths, rows, cols, args.value or THROUGHPUT, split=args.split,
+                                baseline=args.baseline, strict=args.strict, prices=prices)  # fmt: skip
+        else:
+            table = compare_table(args.paths, args.metrics.split(",") if args.metrics else defaults, split=args.split,
+                                  baseline=args.baseline, ratio_of=args.ratio_of, per_run=args.per_run,
+                                  strict=args.strict, prices=prices)  # fmt: skip
+    except ValueError as error:  # unknown metric, key, baseline or price (the message names the fix), unusable files
         raise HarnessError(str(error)) from None
-    text = RENDERERS[args.format](table)
+    text = (PIVOT_RENDERERS if pivot else RENDERERS)[args.format](table)
     print(text, end="" if text.endswith("\n") else "\n")
     if args.format != "markdown":  # markdown prints its notes under the table; keep CSV and JSON parseable
         for note in table.notes:
             print(f"note: {note}", file=sys.stderr)
     if args.plot:
         print(f"plot: {plot_table(table, args.plot)}")
+    if args.pareto:
+        print(f"pareto: {compare_pareto(args.paths, args.pareto, per_run=args.per_run, strict=args.strict)}")
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from harness.gate import run_gate
+
+    quality = tuple(name.strip() for name in args.quality.split(",") if name.strip())
+    return run_gate(args.baseline, args.candidate, speed_metric=args.metric, max_slowdown=args.max_slowdown,
+                    quality=quality, margin=args.margin, alpha=args.alpha, split=args.split,
+                    allow_env_change=args.allow_env_change)  # fmt: skip
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report_page import write_report
+
+    metrics = [name.strip() for name in args.metrics.split(",") if name.strip()] if args.metrics else None
+    try:
+        path = write_report(args.paths, args.output, args.format, metrics=metrics, split=args.split,
+                            baseline=args.baseline, per_run=args.per_run)  # fmt: skip
+    except ValueError as error:  # unknown metric or baseline, no readable result, no format (the message says)
+        raise HarnessError(str(error)) from None
+    print(f"report: {path}")
     return 0
 
 
@@ -163,6 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     multi.add_argument("--main-process-port", type=int, help="a free port on the machine of rank 0")
     run.set_defaults(func=cmd_run)
 
+    sweep = sub.add_parser("sweep", help="run every cell of a recipe's sweep: axes, each in its own processes")
+    sweep.add_argument("recipe", metavar="RECIPE", help="a recipe with a sweep: section (name or YAML path)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a value of every cell, e.g. --set train.max_steps=20 (repeatable)")
+    sweep.add_argument("--results-dir", help="where result files go (default: the recipe's output.results_dir)")
+    sweep.add_argument("--repeats", type=positive, default=1, metavar="N",
+                       help="run each cell with seeds train.seed .. train.seed+N-1, as one group per cell")
+    sweep.add_argument("--rerun", action="store_true",
+                       help="run every cell again, also those with a completed result of the same recipe hash")
+    sweep.set_defaults(func=cmd_sweep)
+
     listing = sub.add_parser("list", help="list the recipes")
     listing.add_argument("--root", type=Path, default=None, help="recipe folder (default: recipes/)")
     listing.set_defaults(func=cmd_list)
@@ -177,15 +242,64 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--metrics", help="comma-separated metric names (default: a speed/memory/accuracy set)")
     comp.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
     comp.add_argument("--split", default="auto", help="accuracy split: test, validation or auto (test if present)")
-    comp.add_argument("--baseline", help="run id, unique prefix or row number to compute ratios against")
+    comp.add_argument("--baseline",
+                      help="run id, unique prefix or row number to compute ratios against; with --rows/--cols, a "
+                           "column value (each cell against its row's cell there, e.g. fp32) or a row value")
     comp.add_argument("--ratio-of", default="train_samples_per_s", help="metric of the ratio column")
     comp.add_argument("--per-run", action="store_true",
                       help="one row per run, also for the runs of a --repeats group (default: their mean ± std)")
     comp.add_argument("--plot", type=Path, help="also draw the metrics as bar charts into this image (matplotlib)")
+    comp.add_argument("--rows", metavar="KEYS",
+                      help="pivot: a row per value of these comma-separated keys (recipe keys such as model.name, "
+                           "or ran.* fields such as ran.world_size)")
+    comp.add_argument("--cols", metavar="KEYS", help="pivot: a column per value of these keys (e.g. precision.dtype)")
+    comp.add_argument("--value", metavar="METRIC",
+                      help="pivot: the metric of the cells, mean ± std over their runs (default: train_samples_per_s)")
+    comp.add_argument("--prices", action="append", default=[], metavar="FILE.json",
+                      help="GPU prices per hour replacing the shipped ones (harness/gpu_prices.json's format), for "
+                           "the cost_usd and usd_per_million_samples metrics")
+    comp.add_argument("--price", action="append", default=[], metavar="DEVICE=USD",
+                      help="one GPU's price per hour, by torch device name or GPU type, e.g. "
+                           "'NVIDIA H100 80GB HBM3=3.95' or 'H100=3.95' (repeatable)")
+    comp.add_argument("--pareto", type=Path, metavar="FILE.png",
+                      help="also draw throughput against peak memory, the Pareto front joined and out-of-memory runs "
+                           "marked, into this image (matplotlib)")
     comp.add_argument("--strict", action="store_true",
                       help="fail (exit 2) when a result file cannot be read or is not valid, instead of skipping "
                            "it with a note under the table")  # fmt: skip
     comp.set_defaults(func=cmd_compare)
+
+    gate = sub.add_parser("gate", help="exit 1 when a candidate is slower or less accurate than a baseline (CI)",
+                          description="Compare a candidate's runs with a baseline's: exit 0 pass, 1 regression (the "
+                                      "failed check is printed with its numbers), 2 bad input or runs from different "
+                                      "environments (GPU, driver, CPU, Python, package versions).")  # fmt: skip
+    gate.add_argument("baseline", metavar="BASELINE", help="result file or folder (a folder's runs: one group)")
+    gate.add_argument("candidate", metavar="CANDIDATE", help="result file or folder")
+    gate.add_argument("--metric", default="train_samples_per_s", help="speed metric (default: train_samples_per_s)")
+    gate.add_argument("--max-slowdown", type=float, default=0.10,
+                      help="largest allowed slowdown of the candidate's mean, a fraction (default: 0.10)")
+    gate.add_argument("--quality", default="accuracy,f1_macro",
+                      help="comma-separated metrics that must not be worse (default: accuracy,f1_macro; '' for none)")
+    gate.add_argument("--margin", type=float, default=0.01,
+                      help="non-inferiority margin: candidate - baseline must be shown above -margin (default: 0.01)")
+    gate.add_argument("--alpha", type=float, default=0.05, help="level of the one-sided test (default: 0.05)")
+    gate.add_argument("--split", default="auto", help="accuracy split: test, validation or auto (test if present)")
+    gate.add_argument("--allow-env-change", action="store_true",
+                      help="compare runs from different GPUs, drivers, CPUs or package versions (named in a note)")
+    gate.set_defaults(func=cmd_gate)
+
+    report = sub.add_parser("report", help="write one page (HTML or markdown) over result files or folders")
+    report.add_argument("paths", nargs="+", help="result files or folders (searched recursively)")
+    report.add_argument("--output", type=Path, required=True, metavar="FILE",
+                        help="the page to write, FILE.html (self-contained: table, charts, provenance) or FILE.md "
+                             "(summary and table, for a pull request); an existing file is never replaced")
+    report.add_argument("--format", choices=["html", "markdown"], help="default: from the suffix of --output")
+    report.add_argument("--metrics", help="comma-separated metric names (default: a speed/memory/accuracy set)")
+    report.add_argument("--split", default="auto", help="accuracy split: test, validation or auto (test if present)")
+    report.add_argument("--baseline", help="run id, unique prefix or row number the other rows are compared with")
+    report.add_argument("--per-run", action="store_true",
+                        help="one row per run, also for the runs of a --repeats group (default: their mean ± std)")
+    report.set_defaults(func=cmd_report)
 
     pred = sub.add_parser("predict", help="write top-k predictions of a saved checkpoint for a file")
     pred.add_argument("checkpoint", help="a checkpoint folder saved by a run (…/best)")
