@@ -26,7 +26,7 @@ def nvml_reader(device: str) -> Reader | None:
 
         handle = torch.cuda._get_pynvml_handler(torch.cuda.current_device())  # NVML's index of torch's device
         pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)  # raises where the GPU has no counter
-    except Exception:  # no nvidia-ml-py, no driver access, or no counter: an unknown energy, never a guess
+    except Exception:  # noqa: BLE001 (no nvidia-ml-py, no driver access, no counter): an unknown energy, not a guess
         return None
     return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0
 

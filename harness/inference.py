@@ -13,8 +13,17 @@ from accelerate import Accelerator
 from datasets import DatasetDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from harness.checkpoints import CHECKPOINT_INFO
 from harness.data import (
-    DataError, check_labels, check_texts, encode_labels, eval_loader, load_files, load_labelled, source_of, tokenize,
+    DataError,
+    check_labels,
+    check_texts,
+    encode_labels,
+    eval_loader,
+    load_files,
+    load_labelled,
+    source_of,
+    tokenize,
 )  # fmt: skip
 from harness.environment import collect_environment
 from harness.evaluation import Evaluation, evaluate
@@ -22,7 +31,6 @@ from harness.metrics import top_k_predictions
 from harness.modeling import describe_model
 from harness.recipe import MIXED_PRECISION, DataSpec, recipe_from_dict
 from harness.results import RunResult, new_run_id, save_result, utc_now
-from harness.checkpoints import CHECKPOINT_INFO
 
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:

@@ -25,12 +25,16 @@ import yaml
 from harness.distributed import accelerate_config, cpu_threads_per_process, deepspeed_config, launch_arguments
 from harness.errors import HarnessError
 from harness.failures import (
-    BAD_INPUT_EXIT, LAUNCHED_ENV, MAX_MESSAGE, exception_note, record_failure, signal_of_exit_code,
+    BAD_INPUT_EXIT,
+    LAUNCHED_ENV,
+    MAX_MESSAGE,
+    exception_note,
+    record_failure,
+    signal_of_exit_code,
 )  # fmt: skip
 from harness.plan import Plan
 from harness.recipe import Recipe
 from harness.results import locate_result, result_path, utc_now
-
 
 
 class RunFailed(RuntimeError):

@@ -359,7 +359,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise RecipeError(f"{where}: got {value!r} ({type(value).__name__}); expected {_type_name(tp)}")
 
 
-def _finite(value: int | float, where: str) -> float:
+def _finite(value: float, where: str) -> float:
     """value as a float; inf, nan and numbers too large for a float are refused."""
     try:
         number = float(value)

@@ -20,7 +20,14 @@ from harness.evaluation import Evaluation
 from harness.failures import record_failure
 from harness.hardware import math_mode, peak_flops
 from harness.results import (
-    MemoryReport, RunResult, SpeedReport, predictions_path, save_predictions, save_result, save_somewhere, utc_now,
+    MemoryReport,
+    RunResult,
+    SpeedReport,
+    predictions_path,
+    save_predictions,
+    save_result,
+    save_somewhere,
+    utc_now,
 )  # fmt: skip
 
 if TYPE_CHECKING:

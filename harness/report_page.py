@@ -25,8 +25,26 @@ from pathlib import Path
 from typing import Any
 
 from harness.compare import (
-    DEFAULT_METRICS, METRICS, PAIRED, TEXT, THROUGHPUT, Group, Table, cell_text, counted, column_header, legend_lines, build_table,
-    draw_pareto, group_runs, load_results, pareto_chart, plot_table, render_markdown, scaling_efficiency, setup,
+    DEFAULT_METRICS,
+    METRICS,
+    PAIRED,
+    TEXT,
+    THROUGHPUT,
+    Group,
+    Table,
+    build_table,
+    cell_text,
+    column_header,
+    counted,
+    draw_pareto,
+    group_runs,
+    legend_lines,
+    load_results,
+    pareto_chart,
+    plot_table,
+    render_markdown,
+    scaling_efficiency,
+    setup,
     world_size,
 )  # fmt: skip
 from harness.results import utc_now, write_new_file

@@ -24,7 +24,12 @@ import datasets
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin, FullyShardedDataParallelPlugin, PartialState
 from accelerate.utils import (
-    DistributedType, InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list, gather_object, set_seed,
+    DistributedType,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+    broadcast_object_list,
+    gather_object,
+    set_seed,
 )  # fmt: skip
 from torch.distributed.elastic.multiprocessing.errors import record
 from tqdm.auto import tqdm
@@ -32,13 +37,18 @@ from transformers import get_scheduler
 
 from harness.checkpoints import Progress, load_weights, resume, save_checkpoint, save_progress
 from harness.collector import BatchCounts, StepLog, StepTimer, cuda_timer
-from harness.energy import EnergyMeter, nvml_reader
 from harness.data import eval_loader, load_labelled, tokenize, train_loader
 from harness.distributed import deepspeed_config, fsdp_options
+from harness.energy import EnergyMeter, nvml_reader
 from harness.errors import HarnessError
 from harness.evaluation import Evaluation, evaluate, synchronize
 from harness.failures import (
-    BAD_INPUT_EXIT, LAUNCHED_ENV, exception_info, note_exception, record_failure, stopped_exit_code,
+    BAD_INPUT_EXIT,
+    LAUNCHED_ENV,
+    exception_info,
+    note_exception,
+    record_failure,
+    stopped_exit_code,
 )  # fmt: skip
 from harness.modeling import decay_parameter_names, describe_model, flops_model, load_model, load_tokenizer, numel
 from harness.plan import Plan, make_plan
@@ -47,7 +57,6 @@ from harness.recipe import MIXED_PRECISION, Recipe, TrainSpec, load_recipe
 from harness.report import gather_and_save, save_interrupted
 from harness.results import utc_now
 from harness.stopping import Interrupted, StopRequests
-
 
 
 def make_accelerator(recipe: Recipe, decisions: Decisions) -> Accelerator:

@@ -47,3 +47,17 @@ def steady_rate(log: dict, warmup_steps: int) -> float:
     measured_s = sum(log["durations_s"][warmup_steps:])
     per_token = measured_s / sum(log["padded_tokens"][warmup_steps:])
     return sum(log["samples"]) / (measured_s + per_token * sum(log["padded_tokens"][:warmup_steps]))
+
+
+EXTENSIONS = {"csv": "csv", "json": "jsonl", "parquet": "parquet"}  # data.source -> the file suffix tests write
+
+
+def write_frame(df, path: Path, source: str = "csv") -> Path:
+    """A pandas frame as a CSV, JSON lines or Parquet data file, as users write them."""
+    if source == "csv":
+        df.to_csv(path, index=False)
+    elif source == "json":
+        df.to_json(path, orient="records", lines=True, force_ascii=False)
+    else:
+        df.to_parquet(path, index=False)
+    return path

@@ -16,12 +16,30 @@ from sklearn.metrics import cohen_kappa_score, f1_score
 
 from harness.cli import main
 from harness.compare import (
-    COST_METRICS, DEFAULT_METRICS, build_pivot, build_table, compare, group_runs, pareto_chart, pivot_table,
-    render_csv, render_json, render_markdown, render_pivot_csv, render_pivot_markdown,
+    COST_METRICS,
+    DEFAULT_METRICS,
+    build_pivot,
+    build_table,
+    compare,
+    group_runs,
+    pareto_chart,
+    pivot_table,
+    render_csv,
+    render_json,
+    render_markdown,
+    render_pivot_csv,
+    render_pivot_markdown,
 )  # fmt: skip
 from harness.prices import SHIPPED, load_prices, read_price_file
 from harness.results import (
-    MemoryReport, RunResult, SpeedReport, load_result, result_path, result_problems, scan_result_files, write_new_json,
+    MemoryReport,
+    RunResult,
+    SpeedReport,
+    load_result,
+    result_path,
+    result_problems,
+    scan_result_files,
+    write_new_json,
 )  # fmt: skip
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from datasets import Dataset, DatasetDict
-
 from accelerate.data_loader import prepare_data_loader
+from conftest import EXTENSIONS, write_frame
+from datasets import Dataset, DatasetDict
 from torch.utils.data import BatchSampler
 
 from harness.data import (
@@ -31,9 +31,6 @@ from harness.data import (
 from harness.recipe import DataSpec
 
 BANKING = Path(__file__).resolve().parent / "data" / "banking77_10"
-EXT = {"csv": "csv", "json": "jsonl", "parquet": "parquet"}
-
-
 @pytest.fixture(scope="module")
 def train_df() -> pd.DataFrame:
     return pd.read_csv(BANKING / "train.csv", keep_default_na=False)
@@ -44,19 +41,12 @@ def test_df() -> pd.DataFrame:
     return pd.read_csv(BANKING / "test.csv", keep_default_na=False)
 
 
-def write(df: pd.DataFrame, path: Path, source: str = "csv") -> str:
-    if source == "csv":
-        df.to_csv(path, index=False)
-    elif source == "json":
-        df.to_json(path, orient="records", lines=True, force_ascii=False)
-    else:
-        df.to_parquet(path, index=False)
-    return str(path)
 
 
 def files(tmp_path: Path, source: str = "csv", **frames: pd.DataFrame) -> dict[str, str]:
     """Write frames (train=..., validation=..., test=...) and return DataSpec file fields for them."""
-    return {f"{split}_file": write(df, tmp_path / f"{split}.{EXT[source]}", source) for split, df in frames.items()}
+    return {f"{split}_file": str(write_frame(df, tmp_path / f"{split}.{EXTENSIONS[source]}", source))
+            for split, df in frames.items()}
 
 
 def spec(source: str = "csv", **fields) -> DataSpec:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import steady_rate
 
 from harness.cli import main
 from harness.data import load_labelled, tokenize, train_loader
 from harness.modeling import load_model, load_tokenizer
 from harness.recipe import load_recipe
 from harness.results import find_result_files, load_result
-from conftest import steady_rate
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,11 @@ import yaml
 
 from harness import distributed
 from harness.distributed import (
-    accelerate_config, check_deepspeed, cpu_threads_per_process, deepspeed_config, launch_arguments,
+    accelerate_config,
+    check_deepspeed,
+    cpu_threads_per_process,
+    deepspeed_config,
+    launch_arguments,
 )  # fmt: skip
 from harness.errors import HarnessError
 from harness.launcher import write_launch_files

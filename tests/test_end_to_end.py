@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import steady_rate
 from transformers import AutoTokenizer
 
 from harness.cli import main
 from harness.preflight import resolve_model_source
 from harness.results import find_result_files, load_result
-from conftest import steady_rate
 
 DATA = Path(__file__).parent / "data" / "banking77_10"
 EPOCHS = 3

@@ -41,7 +41,7 @@ def fixed_length_csv(tmp_path_factory) -> Path:
     the model FLOPs of a step can be computed by hand; about 58 steps of 32, so the loop lasts long enough for
     a 2% comparison of its step times with its wall time."""
     folder = tmp_path_factory.mktemp("fixed")
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
     rows = [" ".join(words[(i + j) % 10] for j in range(300)) + f",{i % 2}" for i in range(2048)]
     (folder / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
     return folder / "train.csv"

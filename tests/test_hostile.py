@@ -9,7 +9,6 @@ Runs stopped by a signal are real processes stopped by a real signal.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -25,7 +24,6 @@ from harness import data as data_module
 from harness import preflight as pf
 from harness import results
 from harness.cli import main
-from harness.plan import make_plan
 from harness.recipe import load_recipe
 from harness.results import RunResult, load_result, locate_result, save_result
 
@@ -225,8 +223,8 @@ def test_running_out_of_gpu_memory_is_a_failed_result_naming_the_batch(tmp_path,
 def start(argv: list[str], tmp_path: Path) -> subprocess.Popen:
     """The command in a session of its own, as a terminal runs it (a signal goes to this process only)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    log = open(tmp_path / "log.txt", "w")
-    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(tmp_path / "log.txt", "w") as log:  # the child keeps its own copy of the file
+        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_for(pattern: str, folder: Path, proc: subprocess.Popen, timeout: float = 240) -> Path:
@@ -286,7 +284,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_run_is_still_recorded(tmp_path):
     (result,) = results_of(tmp_path / "results")
     assert result["status"] == "interrupted" and result["error"]["signal"] == "SIGINT"
     time.sleep(1)
-    workers = subprocess.run(["pgrep", "-f", str(plan)], capture_output=True, text=True).stdout.split()
+    workers = subprocess.run(["pgrep", "-f", str(plan)], capture_output=True, text=True, check=False).stdout.split()
     assert not workers  # no worker runs on alone
 
 

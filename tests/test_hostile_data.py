@@ -10,18 +10,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import BANKING, EXTENSIONS, write_frame
 from transformers import AutoModelForSequenceClassification
 
-from conftest import BANKING
 from harness import launcher, modeling
 from harness.cli import main
 from harness.data import DataError, load_labelled
 from harness.recipe import DataSpec, load_recipe
 
 RECIPE = "minilm-banking77-cpu"
-EXT = {"csv": "csv", "json": "jsonl", "parquet": "parquet"}
-
-
 @pytest.fixture(scope="module")
 def frames() -> dict[str, pd.DataFrame]:
     """Small train/validation/test frames of the shipped banking77 subset, every class in each."""
@@ -43,18 +40,10 @@ def no_model(monkeypatch):
     monkeypatch.setattr(launcher, "_launch_processes", loaded)
 
 
-def write(df: pd.DataFrame, path: Path, source: str) -> Path:
-    if source == "csv":
-        df.to_csv(path, index=False)
-    elif source == "json":
-        df.to_json(path, orient="records", lines=True, force_ascii=False)
-    else:
-        df.to_parquet(path, index=False)
-    return path
 
 
 def write_splits(tmp_path: Path, frames: dict[str, pd.DataFrame], source: str = "csv") -> dict[str, Path]:
-    return {split: write(df, tmp_path / f"{split}.{EXT[source]}", source) for split, df in frames.items()}
+    return {split: write_frame(df, tmp_path / f"{split}.{EXTENSIONS[source]}", source) for split, df in frames.items()}
 
 
 def refused(tmp_path: Path, capsys, files: dict[str, Path], source: str = "csv") -> str:
@@ -79,7 +68,7 @@ def labels_set_to(value, source: str):
 
     def spoil(df: pd.DataFrame, path: Path, bad_rows: list[int]) -> None:
         labels = [value if row in bad_rows else label for row, label in enumerate(df["label"])]
-        write(df.assign(label=labels), path, source)
+        write_frame(df.assign(label=labels), path, source)
 
     return spoil
 
@@ -112,7 +101,7 @@ def nan_parquet(df: pd.DataFrame, path: Path, bad_rows: list[int]) -> None:
 )
 def test_missing_labels_name_split_file_rows_and_fix(tmp_path, capsys, frames, source, split, spoil):
     """The issue: two empty label cells became an 11th class ''; now they are refused, naming the rows."""
-    files = {name: tmp_path / f"{name}.{EXT[source]}" for name in frames}
+    files = {name: tmp_path / f"{name}.{EXTENSIONS[source]}" for name in frames}
     for name, path in files.items():
         spoil(frames[name], path, [7, 12] if name == split else [])
     message = refused(tmp_path, capsys, files, source)
@@ -130,7 +119,7 @@ def zero_bytes(path: Path, df: pd.DataFrame) -> None:
 
 
 def header_only(path: Path, df: pd.DataFrame) -> None:
-    write(df.iloc[:0], path, "csv")
+    write_frame(df.iloc[:0], path, "csv")
 
 
 def latin1(path: Path, df: pd.DataFrame) -> None:
@@ -140,15 +129,15 @@ def latin1(path: Path, df: pd.DataFrame) -> None:
 
 
 def renamed_text_column(path: Path, df: pd.DataFrame) -> None:
-    write(df.rename(columns={"text": "utterance"}), path, "csv")
+    write_frame(df.rename(columns={"text": "utterance"}), path, "csv")
 
 
 def no_label_column(path: Path, df: pd.DataFrame) -> None:
-    write(df.drop(columns="label"), path, "csv")
+    write_frame(df.drop(columns="label"), path, "csv")
 
 
 def unreadable(path: Path, df: pd.DataFrame) -> None:
-    write(df, path, "csv")
+    write_frame(df, path, "csv")
     path.chmod(0)
 
 
@@ -198,7 +187,7 @@ def test_an_unreadable_file_is_an_input_error_naming_split_file_and_fix(tmp_path
 def test_a_malformed_json_or_parquet_file_is_an_input_error(tmp_path, capsys, frames, source, content, says, fix):
     files = write_splits(tmp_path, frames, source)
     if content is None:
-        write(frames["validation"].iloc[:0], files["validation"], source)
+        write_frame(frames["validation"].iloc[:0], files["validation"], source)
     else:
         files["validation"].write_bytes(content)
     message = refused(tmp_path, capsys, files, source)
@@ -223,7 +212,7 @@ def test_a_folder_or_absent_file_is_named_when_data_is_loaded(tmp_path, frames, 
 def test_files_with_different_extra_columns_load_each_on_its_own(tmp_path, frames):
     """One file's extra column no longer breaks the reading of the others (datasets reads one schema per call)."""
     files = write_splits(tmp_path, frames)
-    write(frames["test"].assign(source="support chat"), files["test"], "csv")
+    write_frame(frames["test"].assign(source="support chat"), files["test"], "csv")
     labelled = load_labelled(DataSpec(source="csv", **{f"{split}_file": str(path) for split, path in files.items()}))
     assert labelled.splits["test"]["text"] == frames["test"]["text"].tolist()
     assert len(labelled.splits["train"]) == len(frames["train"])

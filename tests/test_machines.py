@@ -56,11 +56,9 @@ def write_plan(folder: Path, *overrides: str) -> Path:
 def start_machines(plan_file: Path, machines: list[Path], mode: str) -> list[subprocess.Popen]:
     port = str(free_port())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return [
-        subprocess.Popen([sys.executable, "-c", MACHINE, str(plan_file), str(rank), port, mode], cwd=folder, env=env,
-                         start_new_session=True)  # fmt: skip
-        for rank, folder in enumerate(machines)
-    ]
+    command = [sys.executable, "-c", MACHINE, str(plan_file)]
+    return [subprocess.Popen([*command, str(rank), port, mode], cwd=folder, env=env, start_new_session=True)
+            for rank, folder in enumerate(machines)]  # fmt: skip
 
 
 def finish(processes: list[subprocess.Popen]) -> None:

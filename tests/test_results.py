@@ -7,8 +7,16 @@ import re
 import pytest
 
 from harness.results import (
-    SCHEMA_VERSION, ResultFileError, RunResult, find_result_files, load_result, new_run_id, result_problems,
-    save_result, scan_result_files, write_new_json,
+    SCHEMA_VERSION,
+    ResultFileError,
+    RunResult,
+    find_result_files,
+    load_result,
+    new_run_id,
+    result_problems,
+    save_result,
+    scan_result_files,
+    write_new_json,
 )  # fmt: skip
 
 
