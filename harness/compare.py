@@ -27,6 +27,7 @@ import csv
 import difflib
 import io
 import json
+import textwrap
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -937,12 +938,20 @@ def _pyplot(path: Path) -> Any:
     return plt
 
 
+def bar_label(row: dict[str, Any]) -> str:
+    """What tells a row apart, short: the settings that differ (last part of each key), else recipe and setup;
+    the run id's last digits name it."""
+    differs = ", ".join(part.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + part.split("=", 1)[1]
+                        for part in str(row.get("differs") or "").split(", ") if "=" in part)  # fmt: skip
+    return f"{textwrap.fill(differs or str(row['recipe']), 32)}\n{row['setup']} ({str(row['run'])[-6:]})"
+
+
 def plot_table(table: Table, path: Path) -> Path:
     """One horizontal bar chart per metric column as an image, error bars as ± in the table (standard
     deviation over a row's runs, else a single run's standard error); never replaces a file."""
     plt = _pyplot(path)
     names = [column for column in table.columns if column in METRICS]
-    labels = [f"{row['recipe']}\n{row['setup']} ({str(row['run'])[-6:]})" for row in table.rows]
+    labels = [bar_label(row) for row in table.rows]
     figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 2, 0.6 * len(labels) + 1.2),
                                 sharey=True, squeeze=False)  # fmt: skip
     for axis, name in zip(axes[0], names):

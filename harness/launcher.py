@@ -238,11 +238,12 @@ def failure_info(failure: Exception, error_file: Path) -> dict[str, Any]:
     # an exception's error file holds {"message": "Type: text", "extraInfo": {"py_callstack": ...}}
     recorded = info.message if isinstance(info.message, dict) else {"message": info.message}
     callstack = recorded.get("extraInfo", {}).get("py_callstack", "")
+    signal_name = info.signal_name() if info.exitcode < 0 else None
     return {
-        "type": type(failure).__name__,
+        "type": "Killed" if signal_name else type(failure).__name__,  # a worker's own exception type replaces it
         "rank": rank,
         "exitcode": info.exitcode,
-        "signal": info.signal_name() if info.exitcode < 0 else None,
+        "signal": signal_name,
         "message": str(recorded["message"])[:MAX_MESSAGE],
         "traceback": callstack.strip().splitlines()[-6:],
         "failed_ranks": failed_ranks,

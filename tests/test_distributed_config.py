@@ -178,6 +178,7 @@ def test_a_failed_launch_is_recorded_or_retried(tmp_path, monkeypatch, exitcode,
         assert document["error"]["signal"] == {-15: "SIGTERM", 130: "SIGINT"}[exitcode]
         return
     assert document["error"]["rank"] == 1 and document["error"]["exitcode"] == exitcode
+    assert document["error"]["type"] == ("Killed" if exitcode < 0 else "ChildFailedError")  # no worker raised
     in_results = raised.value.path.is_relative_to(tmp_path / "results")
     assert in_results == (not resumable)  # a resumable run's attempts stay in its run folder
 
