@@ -108,16 +108,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.charts import compare_pareto, plot_table
     from harness.compare import (
         COST_METRICS,
         DEFAULT_METRICS,
         PIVOT_RENDERERS,
         RENDERERS,
         THROUGHPUT,
-        compare_pareto,
         compare_table,
         pivot_table,
-        plot_table,
     )
     from harness.prices import load_prices
 

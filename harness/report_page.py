@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.charts import draw_pareto, pareto_chart, plot_table
 from harness.compare import (
     DEFAULT_METRICS,
     METRICS,
@@ -36,12 +37,9 @@ from harness.compare import (
     cell_text,
     column_header,
     counted,
-    draw_pareto,
     group_runs,
     legend_lines,
     load_results,
-    pareto_chart,
-    plot_table,
     render_markdown,
     scaling_efficiency,
     setup,
@@ -201,7 +199,7 @@ def charted_metrics(table: Table) -> list[str]:
 
 
 def metric_charts(table: Table) -> list[Chart]:
-    """A bar chart per metric column that some row has, drawn by compare.plot_table from a table of that metric
+    """A bar chart per metric column that some row has, drawn by charts.plot_table from a table of that metric
     alone, so its bars and error bars are those of `harness compare --plot`. Their caption is BARS, said once."""
     names = charted_metrics(table)
     with tempfile.TemporaryDirectory() as folder:

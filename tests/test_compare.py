@@ -14,6 +14,7 @@ import pytest
 import scipy.stats
 from sklearn.metrics import cohen_kappa_score, f1_score
 
+from harness.charts import pareto_chart
 from harness.cli import main
 from harness.compare import (
     COST_METRICS,
@@ -22,7 +23,6 @@ from harness.compare import (
     build_table,
     compare,
     group_runs,
-    pareto_chart,
     pivot_table,
     render_csv,
     render_json,
@@ -273,7 +273,7 @@ def test_plot_draws_one_panel_per_metric_and_never_replaces_a_file(tmp_path):
     pytest.importorskip("matplotlib")
     from matplotlib.image import imread
 
-    from harness.compare import plot_table
+    from harness.charts import plot_table
 
     results = write(tmp_path, make_result("run-a"), make_result("run-b", samples_per_s=300.0))
     table = build_table(results, ["train_samples_per_s", "f1_macro", "mfu"])
@@ -463,7 +463,7 @@ def test_plot_error_bars_are_std_for_repeats_and_stderr_for_single_runs(tmp_path
     pytest.importorskip("matplotlib")
     from matplotlib.axes import Axes
 
-    from harness.compare import plot_table
+    from harness.charts import plot_table
 
     runs = seeds("g1", [100.0, 120.0])
     for run, accuracy in zip(runs, (0.8, 0.9)):
@@ -867,7 +867,7 @@ def test_pareto_draws_the_front_and_a_red_x_per_out_of_memory_run(tmp_path):
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_rgba
 
-    from harness.compare import draw_pareto
+    from harness.charts import draw_pareto
 
     figure, axis = plt.subplots()
     draw_pareto(axis, pareto_chart(group_runs(memory_runs(tmp_path))))
