@@ -107,6 +107,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return run_sweep(args.recipe, args.set, repeats=args.repeats, rerun=args.rerun, results_dir=args.results_dir)
 
 
+def cmd_find_batch(args: argparse.Namespace) -> int:
+    from harness.find_batch import find_batch
+    from harness.launcher import RunStopped
+
+    recipe = load_recipe(args.recipe, args.set)
+    try:
+        result = find_batch(recipe, start=args.start, maximum=args.max, steps=args.steps)
+    except RunStopped as stop:
+        print(f"STOPPED: {stop}", file=sys.stderr)
+        return stopped_exit_code(stop.signal_name)
+    return 0 if result.answer else 1
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.charts import compare_pareto, plot_table
     from harness.compare import (
@@ -226,6 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--rerun", action="store_true",
                        help="run every cell again, also those with a completed result of the same recipe hash")
     sweep.set_defaults(func=cmd_sweep)
+
+    find = sub.add_parser("find-batch", help="the largest train.batch_size that fits: short tries, doubling then "
+                                             "bisecting, each in its own processes")  # fmt: skip
+    find.add_argument("recipe", metavar="RECIPE", help="recipe name (see `harness list`) or YAML path")
+    find.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a recipe value, e.g. --set precision.dtype=bf16 (repeatable)")
+    find.add_argument("--start", type=positive, default=8, help="the first batch size tried (default: 8)")
+    find.add_argument("--max", type=positive, default=4096, help="the largest batch size tried (default: 4096)")
+    find.add_argument("--steps", type=positive, default=3, help="optimizer steps of each try (default: 3)")
+    find.set_defaults(func=cmd_find_batch)
 
     listing = sub.add_parser("list", help="list the recipes")
     listing.add_argument("--root", type=Path, default=None, help="recipe folder (default: recipes/)")

@@ -55,6 +55,8 @@ class LabelInfo:
 def load_raw(spec: DataSpec) -> tuple[DatasetDict, str | None]:
     """The splits the recipe names, as a DatasetDict with keys among train/validation/test, and the Hub commit
     of the data set (None for local files)."""
+    if spec.source == "synthetic":
+        return load_synthetic(spec).splits, None
     if spec.source == "hub":
         wanted = {"train": spec.train_split, "validation": spec.validation_split, "test": spec.test_split}
         loaded, commit = load_hub_dataset(spec)
@@ -310,6 +312,8 @@ class Labelled:
     splits: DatasetDict
     labels: LabelInfo
     commit: str | None
+    # data.source synthetic: its seed, tokenizer, distribution and each split's drawn lengths (mean, p50, p90, max)
+    synthetic: dict[str, Any] | None = None
 
     def fingerprints(self) -> dict[str, str]:
         return {split: fingerprint(ds) for split, ds in self.splits.items()}
@@ -326,6 +330,8 @@ def fingerprint(ds: Dataset) -> str:
 def load_labelled(spec: DataSpec) -> Labelled:
     """Raw splits → checked, label-encoded train/validation(/test), subsets applied. No tokenising yet.
     The validation split and the subsets are drawn with data.seed, never with the training seed."""
+    if spec.source == "synthetic":
+        return load_synthetic(spec)
     data, commit = load_raw(spec)
     files = split_files(spec)
     check_columns(data, spec, files)
@@ -339,6 +345,23 @@ def load_labelled(spec: DataSpec) -> Labelled:
     if spec.text_column != "text":
         data = data.rename_column(spec.text_column, "text")
     return Labelled(data, labels, commit)
+
+
+def load_synthetic(spec: DataSpec, tokenizer: PreTrainedTokenizerBase | None = None) -> Labelled:
+    """data.source: synthetic: random texts of drawn token lengths made with the run's tokenizer (harness.synthetic),
+    labels uniform over num_labels; train_samples rows, validation and test eval_samples rows each."""
+    from harness.synthetic import SyntheticError, label_names, make_splits
+
+    assert spec.synthetic is not None  # DataSpec.check
+    try:
+        columns, record = make_splits(spec, tokenizer)
+    except SyntheticError as error:
+        raise DataError(str(error)) from None
+    names = label_names(spec.synthetic.num_labels)
+    features = datasets.Features({"text": datasets.Value("string"), "labels": ClassLabel(names=names)})
+    data = DatasetDict({split: Dataset.from_dict(rows, features=features) for split, rows in columns.items()})
+    data = take_subsets(data, spec.max_train_samples, spec.max_eval_samples, spec.seed)
+    return Labelled(data, LabelInfo(names), None, synthetic=record)
 
 
 # --------------------------------------------------------------------------- tokenising

@@ -25,10 +25,13 @@ def load_tokenizer(spec: ModelSpec):
 
 
 def load_config(spec: ModelSpec, labels: LabelInfo) -> PretrainedConfig:
-    """The model's config with the label names; "config:<type>" is that architecture's default (base) shape."""
+    """The model's config with the label names; "config:<shape>" is a bundled public model's shape
+    (harness/shapes/), "config:<type>" that architecture's default (base) shape."""
     label_fields = {"num_labels": len(labels.names), "id2label": labels.id2label, "label2id": labels.label2id}
     if spec.name.startswith("config:"):
-        return AutoConfig.for_model(spec.name.removeprefix("config:"), **label_fields, **spec.config_overrides)
+        from harness.shapes import shape_config  # a bundled shape first, else the model type's default
+
+        return shape_config(spec.name.removeprefix("config:"), **label_fields, **spec.config_overrides)
     return AutoConfig.from_pretrained(
         resolve_model_source(spec.name),
         revision=spec.revision,

@@ -35,11 +35,16 @@ def resolve_model_source(name: str) -> str:
     if name.startswith("config:"):
         from transformers import CONFIG_MAPPING
 
+        from harness.shapes import shape_names
+
         kind = name.removeprefix("config:")
-        if kind not in CONFIG_MAPPING:
-            close = difflib.get_close_matches(kind, list(CONFIG_MAPPING.keys()), n=1)
-            hint = f"; did you mean 'config:{close[0]}'?" if close else " (for example config:modernbert)"
-            raise PreflightError(f"model.name: '{kind}' is not a transformers model type{hint}")
+        if kind not in shape_names() and kind not in CONFIG_MAPPING:  # a bundled shape first, then a model type
+            close = difflib.get_close_matches(kind, shape_names() + list(CONFIG_MAPPING.keys()), n=1)
+            hint = f"; did you mean 'config:{close[0]}'?" if close else ""
+            raise PreflightError(
+                f"model.name: '{kind}' is neither a bundled shape nor a transformers model type{hint}. Bundled "
+                f"shapes: {', '.join(shape_names())}; or a model type such as config:modernbert"
+            )
         return name
     if not name.startswith("package:"):
         check_local_folder(name)
@@ -169,7 +174,10 @@ def model_config(spec: ModelSpec) -> Any:
     from transformers import AutoConfig
 
     if spec.name.startswith("config:"):
-        return AutoConfig.for_model(spec.name.removeprefix("config:"), **spec.config_overrides)
+        from harness.shapes import shape_config
+
+        resolve_model_source(spec.name)  # an unknown shape or type says so, with the bundled shapes
+        return shape_config(spec.name.removeprefix("config:"), **spec.config_overrides)
     try:
         return AutoConfig.from_pretrained(resolve_model_source(spec.name), revision=spec.revision,
                                           trust_remote_code=spec.trust_remote_code, **spec.config_overrides)  # fmt: skip

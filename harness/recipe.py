@@ -69,18 +69,113 @@ class ModelSpec:
     config_overrides: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
-        if self.name.startswith("config:") and not (self.random_init and self.tokenizer):
-            raise RecipeError(
-                "model.name: 'config:<type>' builds the architecture's default config with random weights: "
-                "set model.random_init: true and a model.tokenizer"
-            )
+        if self.name.startswith("config:"):
+            self.check_config_model()
         if self.attn_fallback is not None and self.attn_fallback == self.attn_implementation:
             raise RecipeError("model.attn_fallback: equals model.attn_implementation; set it to null")
+
+    def check_config_model(self) -> None:
+        """'config:<shape>' (harness/shapes/) or 'config:<type>' has random weights; a bundled shape without
+        model.tokenizer gets the packaged MiniLM tokenizer, filled in here so that the recipe records it, where
+        the shape's vocabulary can take its ids."""
+        from harness.shapes import default_tokenizer, shape_names
+
+        if not self.random_init:
+            raise RecipeError(
+                "model.name: 'config:<shape or type>' builds an architecture with random weights: "
+                "set model.random_init: true"
+            )
+        if self.tokenizer:
+            return
+        kind = self.name.removeprefix("config:")
+        tokenizer, why_not = default_tokenizer(kind, self.config_overrides)
+        if tokenizer is None:
+            shapes = "" if kind in shape_names() else f" (bundled shapes: {', '.join(shape_names())})"
+            raise RecipeError(
+                f"model.tokenizer: required here: {why_not}; set model.tokenizer (a Hub id, local folder or "
+                f"package:<python package>/<folder> whose vocabulary fits the model){shapes}"
+            )
+        self.tokenizer = tokenizer
+
+
+LengthDistribution = Literal["fixed", "uniform", "normal", "histogram"]
+LENGTH_KEYS = {  # the keys each distribution takes (besides `distribution`), required ones first
+    "fixed": (("length",), ()),
+    "uniform": (("min", "max"), ()),
+    "normal": (("mean", "std", "min", "max"), ()),
+    "histogram": (("file",), ("column",)),
+}
+MIN_SYNTHETIC_LENGTH = 3  # tokens of a text: the special tokens ([CLS], [SEP]) and at least one word
+
+
+@dataclass
+class LengthsSpec:
+    """Token lengths of synthetic texts (special tokens included, as the collator counts them)."""
+
+    distribution: LengthDistribution
+    length: int | None = None  # fixed
+    min: int | None = None  # uniform, normal (clipped to [min, max])
+    max: int | None = None
+    mean: float | None = None  # normal
+    std: float | None = None
+    file: str | None = None  # histogram: a CSV / JSON lines / Parquet file whose token lengths are sampled
+    column: str = "text"  # histogram: its text column
+
+    def check(self, max_length: int) -> None:
+        where = f"data.synthetic.lengths ({self.distribution})"
+        required, optional = LENGTH_KEYS[self.distribution]
+        given = {f.name for f in dataclasses.fields(self) if f.name not in ("distribution", "column")
+                 and getattr(self, f.name) is not None}  # fmt: skip
+        if self.column != "text":
+            given.add("column")
+        missing = [key for key in required if key not in given]
+        if missing:
+            raise RecipeError(f"{where}: needs {', '.join(required)}; {missing[0]} is missing")
+        extra = sorted(given - set(required) - set(optional))
+        if extra:
+            raise RecipeError(f"{where}: takes {', '.join(required + optional)}, not {', '.join(extra)}")
+        if self.distribution == "histogram":
+            return
+        low, high = (self.length, self.length) if self.distribution == "fixed" else (self.min, self.max)
+        if low > high:
+            raise RecipeError(f"{where}: min {low} is more than max {high}; swap them")
+        if low < MIN_SYNTHETIC_LENGTH:
+            raise RecipeError(
+                f"{where}: lengths count the special tokens, so each must be at least {MIN_SYNTHETIC_LENGTH}; "
+                f"got {low}"
+            )
+        if high > max_length:
+            raise RecipeError(
+                f"{where}: lengths up to {high} tokens are longer than data.max_length ({max_length}), so "
+                f"truncation would change them; lower the lengths or raise data.max_length to {high}"
+            )
+        if self.distribution == "normal" and not self.std > 0:
+            raise RecipeError(f"{where}: std must be positive, got {self.std}; for one length use fixed")
+
+
+@dataclass
+class SyntheticSpec:
+    """data.source: synthetic: random texts of drawn token lengths, labels uniform over num_labels (speed runs)."""
+
+    lengths: LengthsSpec
+    num_labels: int = 4
+    train_samples: int = 256
+    eval_samples: int = 64  # validation and test each
+    seed: int | None = None  # default: data.seed (filled in, so the recipe records it)
+    tokenizer: str | None = None  # builds and measures the texts; default: the run's (filled in from model)
+
+    def check(self, max_length: int) -> None:
+        if self.num_labels < 2:
+            raise RecipeError(f"data.synthetic.num_labels: got {self.num_labels}; classification needs at least 2")
+        for name in ("train_samples", "eval_samples"):
+            if getattr(self, name) < 1:
+                raise RecipeError(f"data.synthetic.{name}: must be at least 1")
+        self.lengths.check(max_length)
 
 
 @dataclass
 class DataSpec:
-    source: Literal["hub", "csv", "json", "parquet"] = "hub"
+    source: Literal["hub", "csv", "json", "parquet", "synthetic"] = "hub"
     name: str | None = None  # Hub dataset id (source: hub)
     config_name: str | None = None
     revision: str | None = None  # Hub branch, tag or commit; the commit that ran is recorded either way
@@ -105,11 +200,16 @@ class DataSpec:
     # the validation split carved from train and the subsets: fixed, so that runs with other train.seed values
     # (repeats) are evaluated on the same data
     seed: int = 42
+    synthetic: SyntheticSpec | None = None  # data.source: synthetic
 
     def check(self) -> None:
+        if self.source == "synthetic":
+            self.check_synthetic()
+        elif self.synthetic is not None:
+            raise RecipeError("data.synthetic: only for data.source: synthetic; remove it or set the source")
         if self.source == "hub" and not self.name:
             raise RecipeError("data.name: required when data.source is 'hub' (a Hub dataset id)")
-        if self.source != "hub":
+        if self.source not in ("hub", "synthetic"):
             if not self.train_file:
                 raise RecipeError(f"data.train_file: required when data.source is '{self.source}'")
             if self.name:
@@ -123,8 +223,23 @@ class DataSpec:
             if value is not None and value < 1:
                 raise RecipeError(f"data.{name}: must be a positive count or null")
 
+    def check_synthetic(self) -> None:
+        if self.synthetic is None:
+            raise RecipeError(
+                "data.synthetic: required when data.source is 'synthetic', for example "
+                "{num_labels: 4, lengths: {distribution: fixed, length: 128}}"
+            )
+        given = [key for key in ("name", "train_file", "validation_file", "test_file") if getattr(self, key)]
+        if given:
+            raise RecipeError(f"data.{given[0]}: not for data.source 'synthetic', which makes its own splits")
+        self.synthetic.check(self.max_length)
+        if self.synthetic.seed is None:
+            self.synthetic.seed = self.seed
+
     @property
     def has_validation(self) -> bool:
+        if self.source == "synthetic":
+            return True
         return bool(self.validation_file if self.source != "hub" else self.validation_split)
 
 
@@ -264,6 +379,9 @@ class Recipe:
             )
         for section in (self.model, self.data, self.train, self.collector, self.hardware):
             section.check()
+        if self.data.synthetic is not None and self.data.synthetic.tokenizer is None:
+            # synthetic texts are made and measured with the run's tokenizer; filled in, so the recipe records it
+            self.data.synthetic.tokenizer = self.model.tokenizer or self.model.name
         if self.model.attn_implementation == "flash_attention_2" and self.precision.dtype == "fp32":
             raise RecipeError(
                 "precision.dtype: flash_attention_2 runs only in fp16 or bf16; "
