@@ -49,6 +49,7 @@ class StepLog:
     padded_tokens: list[int] = field(default_factory=list)
     repeated_samples: list[int] = field(default_factory=list)
     flops: list[float] = field(default_factory=list)
+    data_wait_s: list[float] = field(default_factory=list)  # host seconds the step waited for its batches
 
     def to_dict(self) -> dict[str, list]:
         return dict(self.__dict__)
@@ -63,6 +64,7 @@ class BatchCounts:
     padded_tokens: int = 0  # every position computed, pads and repeats included
     repeated_samples: int = 0  # repeats that even out the last round over several processes
     lengths: list[int] = field(default_factory=list)  # real length of each first-time sample, for the FLOPs
+    data_wait_s: float = 0.0  # host seconds spent waiting for the batch (set by the training loop)
 
     def __iadd__(self, other: BatchCounts) -> BatchCounts:
         self.samples += other.samples
@@ -70,6 +72,7 @@ class BatchCounts:
         self.padded_tokens += other.padded_tokens
         self.repeated_samples += other.repeated_samples
         self.lengths += other.lengths
+        self.data_wait_s += other.data_wait_s
         return self
 
 
@@ -121,6 +124,7 @@ class StepTimer:
             self.log.padded_tokens.append(counts.padded_tokens)
             self.log.repeated_samples.append(counts.repeated_samples)
             self.log.flops.append(flops)
+            self.log.data_wait_s.append(counts.data_wait_s)
         self._steps.clear()
         return self.log
 
@@ -142,7 +146,7 @@ def merge_rank_logs(logs: list[dict[str, list]]) -> StepLog:
     steps = min(len(log["durations_s"]) for log in logs)
     merged = StepLog()
     for key, values in merged.__dict__.items():
-        combine = max if key == "durations_s" else sum
+        combine = max if key in ("durations_s", "data_wait_s") else sum  # the slowest rank sets a step's time
         values.extend(combine(log[key][i] for log in logs) for i in range(steps))
     return merged
 
@@ -185,6 +189,7 @@ def speed_report(
         train_padded_tokens_per_s=_rate(padded_total, seconds),
         padding_efficiency=sum(log.real_tokens) / padded_total if padded_total else None,
         repeated_samples=sum(log.repeated_samples),
+        data_wait_fraction=sum(log.data_wait_s[skip:]) / measured_s if measured_s and log.data_wait_s else None,
         step_time_mean_s=measured_s / len(durations) if durations else None,
         step_time_p50_s=float(np.percentile(durations, 50)) if durations else None,
         step_time_p90_s=float(np.percentile(durations, 90)) if durations else None,

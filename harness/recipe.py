@@ -193,6 +193,9 @@ class DataSpec:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     group_by_length: bool = True
+    num_workers: int = 0  # DataLoader worker processes per rank (0: batches are made in the training process)
+    pin_memory: bool | None = None  # page-locked host batches for asynchronous copies; null: on for CUDA
+    pad_to_multiple_of: int | None = None  # batch lengths rounded up (tensor-core tiles); null: 8 on CUDA, 1 on CPU
     # "batch": pad each batch to its own longest text (the harness default).
     # "chunk": pad at tokenisation time to the longest text of each 1000-row chunk,
     # as `dataset.map(tokenizer(padding=True), batched=True)` scripts do (a baseline).
@@ -218,6 +221,10 @@ class DataSpec:
             raise RecipeError("data.validation_fraction: must be in (0, 0.5), for example 0.05")
         if self.max_length < 8:
             raise RecipeError("data.max_length: must be at least 8 tokens")
+        if self.num_workers < 0:
+            raise RecipeError("data.num_workers: must be >= 0 (0: no worker processes)")
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise RecipeError("data.pad_to_multiple_of: must be at least 1 (1: no rounding), or null for the default")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -45,6 +45,7 @@ class SpeedReport:
     total_wall_s: float
     train_samples_per_s_wall: float | None = None  # first-time samples / train_wall_s: the rate a user lives with
     repeated_samples: int = 0  # repeats that evened out the last round over several processes (not in samples)
+    data_wait_fraction: float | None = None  # share of the measured steps' time spent waiting for batches
     train_samples_per_s_per_device: float | None = None
     model_flops_per_step_mean: float | None = None  # real-token FLOPs, see docs/results-schema.md
     achieved_flops_per_s: float | None = None

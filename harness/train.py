@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -37,7 +38,7 @@ from transformers import get_scheduler
 
 from harness.checkpoints import Progress, load_weights, resume, save_checkpoint, save_progress
 from harness.collector import BatchCounts, StepLog, StepTimer, cuda_timer
-from harness.data import eval_loader, load_labelled, tokenize, train_loader
+from harness.data import LoaderOptions, eval_loader, load_labelled, tokenize, train_loader
 from harness.distributed import deepspeed_config, fsdp_options
 from harness.energy import EnergyMeter, nvml_reader
 from harness.errors import HarnessError
@@ -163,10 +164,12 @@ class Run:
 
     def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         train, data = self.recipe.train, self.recipe.data
+        self.loader_options = LoaderOptions.for_run(data, self.device)
         loaders = [train_loader(self.data["train"], self.tokenizer, train.batch_size, train.seed,
-                                data.group_by_length, self.recipe.hardware.num_processes)]  # fmt: skip
+                                data.group_by_length, self.recipe.hardware.num_processes, self.loader_options)]  # fmt: skip
         self.eval_splits = [s for s in ("validation", "test") if s in self.data]
-        loaders += [eval_loader(self.data[s], self.tokenizer, train.eval_batch_size) for s in self.eval_splits]
+        loaders += [eval_loader(self.data[s], self.tokenizer, train.eval_batch_size, self.loader_options)
+                    for s in self.eval_splits]  # fmt: skip
         self.model, self.optimizer, self.train_dl, *eval_dls = self.accelerator.prepare(model, optimizer, *loaders)
         self.eval_dls = dict(zip(self.eval_splits, eval_dls))
         self.steps_per_epoch = math.ceil(len(self.train_dl) / train.gradient_accumulation_steps)
@@ -210,8 +213,9 @@ class Run:
         timer.restart()
         for epoch in range(state.epochs_done, self.epochs):
             self.train_dl.set_epoch(epoch)  # reaches the sampler through accelerate's wrappers: a new order
-            for batch in self.train_dl:
+            for batch, waited in timed_batches(self.train_dl):
                 counts += batch.pop("counts")
+                counts.data_wait_s += waited
                 self.batch_in_flight = ("training", list(batch["input_ids"].shape))
                 with acc.accumulate(self.model):  # the optimizer steps only at the last micro-batch
                     loss = self.model(**batch).loss
@@ -325,6 +329,18 @@ class Run:
         test_from = self.test_weights(best)
         self.batch_in_flight = ("evaluation", None)
         return evaluate(self.model, self.eval_dls["test"], self.accelerator, self.device, "testing", self.stop), test_from
+
+
+def timed_batches(loader) -> Iterator[tuple[dict[str, Any], float]]:
+    """Each batch with the host seconds spent waiting for it: a step that waits for its data is host-bound."""
+    batches = iter(loader)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - start
 
 
 def reaches(scores: dict[str, float], target: dict[str, float]) -> bool:

@@ -162,11 +162,12 @@ def test_mfu_is_null_when_the_peak_is_unknown():
 
 def test_ranks_merge_into_global_numbers():
     rank0 = {"durations_s": [1.0, 2.0], "samples": [4, 4], "real_tokens": [10, 12], "padded_tokens": [16, 16],
-             "repeated_samples": [0, 0], "flops": [1.0, 1.0]}  # fmt: skip
+             "repeated_samples": [0, 0], "flops": [1.0, 1.0], "data_wait_s": [0.1, 0.0]}  # fmt: skip
     rank1 = {"durations_s": [1.5, 1.0], "samples": [4, 3], "real_tokens": [9, 7], "padded_tokens": [12, 12],
-             "repeated_samples": [0, 1], "flops": [2.0, 2.0]}  # fmt: skip
+             "repeated_samples": [0, 1], "flops": [2.0, 2.0], "data_wait_s": [0.0, 0.3]}  # fmt: skip
     merged = merge_rank_logs([rank0, rank1])
     assert merged.durations_s == [1.5, 2.0]  # the slowest rank sets the step time
+    assert merged.data_wait_s == [0.1, 0.3]  # ...and the longest wait for data is the step's
     assert merged.samples == [8, 7] and merged.real_tokens == [19, 19] and merged.flops == [3.0, 3.0]
     assert merged.repeated_samples == [0, 1] and merged.padded_tokens == [28, 28]
 

@@ -22,6 +22,7 @@ from harness.data import (
     CountingCollator,
     DataError,
     EpochOrder,
+    LoaderOptions,
     eval_loader,
     fingerprint,
     load_labelled,
@@ -341,6 +342,29 @@ def test_two_processes_reshuffle_each_epoch_into_disjoint_equal_shards(minilm_to
         assert sum(b["counts"].repeated_samples for rank in batches for b in rank) == 160 - 150
     for r in (0, 1):  # set_epoch reaches the sampler through accelerate's wrappers: a new order each epoch
         assert [b["rows"] for b in ranks[r][0]] != [b["rows"] for b in ranks[r][1]]
+
+
+def test_rounded_batch_lengths_count_the_rounding_as_padding(minilm_tokenizer, train_df):
+    """pad_to_multiple_of=8: every batch is as wide as its longest text rounded up to a multiple of 8; the
+    rounding is computed, so it counts as padded tokens and never as real ones."""
+    texts = train_df["text"].tolist()[:40]
+    counts = token_counts(minilm_tokenizer, texts)
+    ds = tokenize(as_dataset(texts), minilm_tokenizer, DataSpec(name="x"))["train"]
+    rows = [3, 17, 0, 25]
+    batch = CountingCollator(minilm_tokenizer, pad_to_multiple_of=8)([ds[i] for i in rows])
+    width = -(-max(counts[i] for i in rows) // 8) * 8
+    assert tuple(batch["input_ids"].shape) == (4, width) and width % 8 == 0
+    assert batch["counts"].padded_tokens == 4 * width
+    assert batch["counts"].real_tokens == sum(counts[i] for i in rows) == int(batch["attention_mask"].sum())
+
+
+def test_loader_options_follow_the_device_unless_the_recipe_says():
+    cpu, cuda = LoaderOptions.for_run(DataSpec(name="x"), "cpu"), LoaderOptions.for_run(DataSpec(name="x"), "cuda")
+    assert (cpu.pin_memory, cpu.pad_to_multiple_of) == (False, None)
+    assert (cuda.pin_memory, cuda.pad_to_multiple_of) == (True, 8)  # whole tensor-core tiles
+    chosen = LoaderOptions.for_run(DataSpec(name="x", num_workers=2, pin_memory=False, pad_to_multiple_of=1), "cuda")
+    assert chosen == LoaderOptions(num_workers=2, pin_memory=False, pad_to_multiple_of=None)  # 1: no rounding
+    assert chosen.loader_arguments()["persistent_workers"] is True
 
 
 def test_counting_collator_counts(minilm_tokenizer, train_df):

