@@ -91,6 +91,7 @@ def ran(run: Run) -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),  # intra-op threads of each process
         "fused_optimizer": run.fused,
         "loader": {"num_workers": run.train_dl.num_workers, "pin_memory": run.train_dl.pin_memory,  # as prepared
+                   "non_blocking": acc.dataloader_config.non_blocking,
                    "pad_to_multiple_of": run.loader_options.pad_to_multiple_of},
         "weight_decay_groups": run.decay_groups,
         "gradient_accumulation_steps": train.gradient_accumulation_steps,

@@ -25,6 +25,7 @@ import datasets
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin, FullyShardedDataParallelPlugin, PartialState
 from accelerate.utils import (
+    DataLoaderConfiguration,
     DistributedType,
     InitProcessGroupKwargs,
     ProjectConfiguration,
@@ -74,10 +75,13 @@ def make_accelerator(recipe: Recipe, decisions: Decisions) -> Accelerator:
     # a rank that stops answering fails every collective after this long, so a run never hangs forever
     timeout = timedelta(seconds=recipe.hardware.collective_timeout_s)
     group = InitProcessGroupKwargs(backend=backend, timeout=timeout)
+    pinned = LoaderOptions.for_run(recipe.data, decisions.device).pin_memory
     accelerator = Accelerator(
         # several machines may not share a disk: each saves a full copy of the training state (resumable runs)
         project_config=ProjectConfiguration(save_on_each_node=recipe.hardware.num_machines > 1),
         mixed_precision=MIXED_PRECISION[recipe.precision.dtype],
+        # pinned host batches are copied to the GPU without blocking the host
+        dataloader_config=DataLoaderConfiguration(non_blocking=pinned),
         gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
         # accelerate's cpu=True would silently drop DeepSpeed; without a GPU, DeepSpeed runs on the CPU itself
         cpu=decisions.device == "cpu" and plugin is None,
