@@ -56,6 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for recipe in recipes:
         check(recipe, args.results_dir)  # the stack, the folders and the data of every run, before the first starts
     plans = [plan for recipe in recipes for plan in repeat_plans(recipe, args.repeats, args.results_dir)]
+    for plan in plans:
+        plan.profile_steps = args.profile
     role = MachineRole(args.machine_rank, args.main_process_ip, args.main_process_port)
     paths, failed, stopped_by = [], 0, None
     for index, plan in enumerate(plans):
@@ -223,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--repeats", type=positive, default=1, metavar="N",
                      help="run each recipe N times with seeds train.seed .. train.seed+N-1, each in its own "
                           "process, as one group: compare shows their mean ± std")  # fmt: skip
+    run.add_argument("--profile", type=positive, default=0, metavar="N",
+                     help="profile N training steps after the warm-up: a torch profiler trace, the top operators and "
+                          "(CUDA) a memory snapshot beside the result; these steps are not timed")
     multi = run.add_argument_group("multi-machine runs (hardware.num_machines > 1): run on every machine")
     multi.add_argument("--machine-rank", type=int, default=0, help="this machine's rank (0 writes the results)")
     multi.add_argument("--main-process-ip", help="address of the machine of rank 0")

@@ -179,7 +179,8 @@ SCALING_IGNORED = (*SEEDLESS, *BATCH_SPLIT)
 # differs from the baseline in these alone (the seed aside; BATCH_SPLIT at an equal global batch) gets the guard
 SPEED_SETTINGS = (
     "precision.dtype", "precision.tf32", "model.attn_implementation", "model.attn_fallback", "train.compile",
-    "train.fused", "train.eval_batch_size", "train.log_every_steps", "train.report_to", "data.packing",
+    "train.gradient_checkpointing", "train.fused", "train.eval_batch_size", "train.log_every_steps", "train.report_to",
+    "data.packing", "data.length_buckets", "data.pad_to_multiple_of", "data.num_workers", "data.pin_memory",
     "data.padding", "data.group_by_length", "hardware.device", "hardware.num_machines", "hardware.deepspeed",
     "hardware.fsdp", "hardware.offload", "hardware.collective_timeout_s", "hardware.timeout_hours",
     "collector.warmup_steps",

@@ -25,6 +25,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from harness.collector import BatchCounts
+from harness.compiling import bucket_length, default_buckets
 from harness.errors import HarnessError
 from harness.recipe import DataSpec
 
@@ -460,20 +461,28 @@ class RepeatMarked(TorchDataset):
 
 @dataclass(frozen=True)
 class LoaderOptions:
-    """How batches are made and moved: worker processes, page-locked memory, length rounding."""
+    """How batches are made and moved: worker processes, page-locked memory, length rounding or buckets."""
 
     num_workers: int = 0
     pin_memory: bool = False
     pad_to_multiple_of: int | None = None  # None or 1: each batch padded to its longest sequence exactly
+    length_buckets: tuple[int, ...] | None = None  # each padded batch's length rounded up to one of these
 
     @classmethod
-    def for_run(cls, spec: DataSpec, device: str) -> LoaderOptions:
+    def for_run(cls, spec: DataSpec, device: str, compiled: bool = False) -> LoaderOptions:
         """The recipe's settings, with its nulls resolved for the device: on CUDA, pinned memory and lengths
-        rounded up to a multiple of 8 (whole tensor-core tiles); on CPU neither helps."""
+        rounded up to a multiple of 8 (whole tensor-core tiles); on CPU neither helps. A compiled model gets
+        length buckets (default: powers of two), so that it compiles once per bucket, not once per length."""
         cuda = device == "cuda"
-        multiple = spec.pad_to_multiple_of if spec.pad_to_multiple_of is not None else (8 if cuda else 1)
         pin = spec.pin_memory if spec.pin_memory is not None else cuda
+        buckets = spec.length_buckets or (default_buckets(spec.max_length) if compiled else None)
+        if buckets and not spec.packing:
+            return cls(spec.num_workers, pin, None, tuple(buckets))
+        multiple = spec.pad_to_multiple_of if spec.pad_to_multiple_of is not None else (8 if cuda else 1)
         return cls(spec.num_workers, pin, multiple if multiple > 1 else None)
+
+    def collator(self, tokenizer: PreTrainedTokenizerBase) -> CountingCollator:
+        return CountingCollator(tokenizer, self.pad_to_multiple_of, self.length_buckets)
 
     def loader_arguments(self) -> dict[str, Any]:
         workers = {"persistent_workers": True, "prefetch_factor": 2} if self.num_workers else {}
@@ -481,34 +490,40 @@ class LoaderOptions:
 
 
 class CountingCollator:
-    """Pads a batch to its longest sequence (rounded up to pad_to_multiple_of) and counts, on the host, what it
-    holds: samples and real tokens of first-time samples, repeats apart, and every position the model will
-    compute (padded tokens, the rounding included)."""
+    """Pads a batch to its longest sequence (rounded up to pad_to_multiple_of, or to the next length bucket) and
+    counts, on the host, what it holds: samples and real tokens of first-time samples, repeats apart, and every
+    position the model will compute (padded tokens, the rounding included)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = None):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = None,
+                 length_buckets: tuple[int, ...] | None = None):  # fmt: skip
         self.pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt")
+        self.buckets = length_buckets
+        self.pad_to = {n: DataCollatorWithPadding(tokenizer, padding="max_length", max_length=n, return_tensors="pt")
+                       for n in length_buckets or ()}  # fmt: skip
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         lengths = [f.pop("length") for f in features]
         repeats = [f.pop("repeat", False) for f in features]
-        batch = self.pad(features)
-        first_time = [n for n, repeat in zip(lengths, repeats) if not repeat]
-        batch["counts"] = BatchCounts(
-            samples=len(first_time),
-            real_tokens=sum(first_time),
-            padded_tokens=int(batch["input_ids"].numel()),
-            repeated_samples=sum(repeats),
-            lengths=first_time,
-        )
+        batch = self.pad_to[bucket_length(max(lengths), self.buckets)](features) if self.buckets else self.pad(features)
+        batch["counts"] = count_batch(lengths, repeats, computed=int(batch["input_ids"].numel()))
         return batch
 
 
+def count_batch(lengths: list[int], repeats: list[bool], computed: int) -> BatchCounts:
+    """What a batch holds: first-time samples and their real tokens, repeats apart, and every position computed."""
+    first_time = [n for n, repeat in zip(lengths, repeats) if not repeat]
+    return BatchCounts(samples=len(first_time), real_tokens=sum(first_time), padded_tokens=computed,
+                       repeated_samples=sum(repeats), lengths=first_time)  # fmt: skip
+
+
 def train_loader(ds: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, seed: int, grouped: bool,
-                 num_processes: int, options: LoaderOptions = LoaderOptions()) -> DataLoader:  # fmt: skip
+                 num_processes: int, options: LoaderOptions = LoaderOptions(),
+                 collate: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None) -> DataLoader:  # fmt: skip
+    """Training batches in EpochOrder, padded by CountingCollator unless another collate (packing) is given."""
     order = EpochOrder(list(ds["length"]), batch_size, seed, grouped, num_processes)  # a list: Column reads are slow
     batches = BatchSampler(order, batch_size, drop_last=False)
     return DataLoader(RepeatMarked(ds), batch_sampler=batches, **options.loader_arguments(),
-                      collate_fn=CountingCollator(tokenizer, options.pad_to_multiple_of))  # fmt: skip
+                      collate_fn=collate or options.collator(tokenizer))  # fmt: skip
 
 
 def eval_loader(ds: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int,
@@ -520,4 +535,4 @@ def eval_loader(ds: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int
     lengths = list(ds["length"])
     order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
     return DataLoader(ds.select(order), batch_size=batch_size, **options.loader_arguments(),
-                      collate_fn=CountingCollator(tokenizer, options.pad_to_multiple_of))  # fmt: skip
+                      collate_fn=options.collator(tokenizer))  # fmt: skip

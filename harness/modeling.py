@@ -15,6 +15,7 @@ from transformers import (
 
 from harness.collector import FlopsModel
 from harness.data import LabelInfo
+from harness.errors import HarnessError
 from harness.preflight import resolve_model_source
 from harness.recipe import ModelSpec
 
@@ -55,6 +56,17 @@ def load_model(spec: ModelSpec, labels: LabelInfo, attn_implementation: str) -> 
         trust_remote_code=spec.trust_remote_code,
         attn_implementation=attn_implementation,
     )
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Keep only each layer's input in the forward pass and recompute the rest in the backward: activation
+    memory falls from every layer's intermediates to one layer's, for about one more forward of compute.
+    Non-reentrant checkpointing: it works under DDP, torch.compile and with inputs that need no gradient."""
+    if not model.supports_gradient_checkpointing:
+        raise HarnessError(
+            f"train.gradient_checkpointing: {type(model).__name__} does not support it; set it to false"
+        )
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def numel(parameter: torch.nn.Parameter) -> int:
@@ -116,6 +128,7 @@ def describe_model(model: PreTrainedModel) -> dict[str, Any]:
         "model_type": model.config.model_type,
         "model_commit": getattr(model.config, "_commit_hash", None),  # the Hub commit; None for local folders
         "attn_implementation": model.config._attn_implementation,
+        "gradient_checkpointing": model.is_activation_checkpointing,
         "parameter_dtype": str(parameter.dtype).removeprefix("torch."),
         "parameter_device": str(parameter.device),
         "num_parameters": total,

@@ -23,10 +23,16 @@ class Plan:
     started_at_unix: float | None = None  # set by the launcher, so time-to-first-step counts process start
     resumable: bool = False  # save training state each epoch; continue from it if the run folder has one
     repeats: dict[str, Any] | None = None  # {group, index, count}: one of the seeds of `harness run --repeats N`
+    profile_steps: int = 0  # `harness run --profile N`: profile N steps after the warm-up (harness/profiling.py)
 
     @property
     def best_checkpoint(self) -> Path:
         return self.run_dir / "best"
+
+    @property
+    def profile_dir(self) -> Path:
+        """Beside the run's result: its profiler trace, top operators and CUDA memory snapshot."""
+        return inside(self.results_dir, self.recipe.name, f"{self.run_id}-profile")
 
     @property
     def run_dir(self) -> Path:
@@ -42,6 +48,7 @@ class Plan:
             "started_at_unix": self.started_at_unix,
             "resumable": self.resumable,
             "repeats": self.repeats,
+            "profile_steps": self.profile_steps,
         }
 
     def write(self, path: Path) -> Path:

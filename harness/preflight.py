@@ -212,6 +212,17 @@ def choose_max_length(recipe: Recipe, config: Any) -> tuple[int, list[dict[str, 
     return limit, [{"what": "data.max_length", "requested": requested, "used": limit, "why": why}]
 
 
+def check_packing(recipe: Recipe, config: Any, attn_implementation: str) -> None:
+    """data.packing only where the samples of a packed row stay apart in attention and pooling."""
+    if not recipe.data.packing:
+        return
+    from harness.packing import packing_problem
+
+    problem = packing_problem(config.model_type, attn_implementation)
+    if problem:
+        raise PreflightError(f"data.packing: {problem}; set data.packing: false")
+
+
 def check_trackers(recipe: Recipe) -> None:
     for tracker in recipe.train.report_to:
         if not _is_installed(tracker):
@@ -229,7 +240,8 @@ def preflight(recipe: Recipe, results_dir: str | None = None) -> Decisions:
     for source in (recipe.model.name, recipe.model.tokenizer):
         if source:
             resolve_model_source(source)
-    max_length, clamped = choose_max_length(recipe, model_config(recipe.model))
+    config = model_config(recipe.model)
+    max_length, clamped = choose_max_length(recipe, config)
     device = resolve_device(recipe.hardware.device)
     if recipe.hardware.fsdp and device != "cuda":
         raise PreflightError(
@@ -237,4 +249,5 @@ def preflight(recipe: Recipe, results_dir: str | None = None) -> Decisions:
         )
     check_precision(recipe.precision.dtype, device)
     attn, fallbacks = choose_attention(recipe, device)
+    check_packing(recipe, config, attn)
     return Decisions(device=device, attn_implementation=attn, max_length=max_length, fallbacks=fallbacks + clamped)

@@ -200,6 +200,11 @@ class DataSpec:
     # "chunk": pad at tokenisation time to the longest text of each 1000-row chunk,
     # as `dataset.map(tokenizer(padding=True), batched=True)` scripts do (a baseline).
     padding: Literal["batch", "chunk"] = "batch"
+    # training batches flattened into one row without padding (harness/packing.py); evaluation stays padded
+    packing: bool = False
+    # padded batch lengths rounded up to one of these, so a compiled model sees few shapes; null: with
+    # train.compile, powers of two up to max_length (harness/compiling.py), else no buckets
+    length_buckets: list[int] | None = None
     # the validation split carved from train and the subsets: fixed, so that runs with other train.seed values
     # (repeats) are evaluated on the same data
     seed: int = 42
@@ -225,10 +230,37 @@ class DataSpec:
             raise RecipeError("data.num_workers: must be >= 0 (0: no worker processes)")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise RecipeError("data.pad_to_multiple_of: must be at least 1 (1: no rounding), or null for the default")
+        if self.packing:
+            self.check_packing()
+        if self.length_buckets is not None:
+            self.check_buckets()
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise RecipeError(f"data.{name}: must be a positive count or null")
+
+    def check_packing(self) -> None:
+        """Packed training batches have no padding: settings that pad them contradict it."""
+        if self.padding == "chunk":
+            raise RecipeError("data.packing: packed batches have no padding, but data.padding: chunk pads each "
+                              "text at tokenisation; set data.padding: batch or data.packing: false")
+        if self.pad_to_multiple_of not in (None, 1):
+            raise RecipeError("data.pad_to_multiple_of: rounds padded batch lengths, and data.packing leaves "
+                              "training batches unpadded; set it to null (evaluation batches get the default)")
+
+    def check_buckets(self) -> None:
+        buckets = self.length_buckets
+        if not buckets or any(b < 1 for b in buckets) or buckets != sorted(set(buckets)):
+            raise RecipeError(f"data.length_buckets: got {buckets}; expected increasing positive lengths, "
+                              "for example [64, 128, 256, 512]")
+        if buckets[-1] < self.max_length:
+            raise RecipeError(f"data.length_buckets: the last bucket ({buckets[-1]}) is shorter than data.max_length "
+                              f"({self.max_length}), so a long batch would fit none; end them with {self.max_length}")
+        if self.packing:
+            raise RecipeError("data.length_buckets: bound padded batches, and data.packing leaves training batches "
+                              "unpadded; set data.length_buckets: null (a packed compiled run uses dynamic shapes)")
+        if self.pad_to_multiple_of not in (None, 1):
+            raise RecipeError("data.pad_to_multiple_of: buckets fix the batch lengths; set it to null")
 
     def check_synthetic(self) -> None:
         if self.synthetic is None:
@@ -279,6 +311,8 @@ class TrainSpec:
         "f1_macro", "accuracy", "f1_micro", "f1_weighted", "loss"
     ] = "f1_macro"
     save_best: bool = True
+    compile: bool = False  # torch.compile (inductor) through accelerate; compilation is reported apart (ran.compile)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more compute
     # time to target: the first evaluation whose metrics all reach these values (loss: at most) is recorded
     target: dict[str, float] = field(default_factory=dict)
     log_every_steps: int = 10

@@ -19,6 +19,7 @@ from harness.environment import collect_environment
 from harness.evaluation import Evaluation
 from harness.failures import record_failure
 from harness.hardware import math_mode, peak_flops
+from harness.packing import attention_mode
 from harness.results import (
     MemoryReport,
     RunResult,
@@ -92,7 +93,11 @@ def ran(run: Run) -> dict[str, Any]:
         "fused_optimizer": run.fused,
         "loader": {"num_workers": run.train_dl.num_workers, "pin_memory": run.train_dl.pin_memory,  # as prepared
                    "non_blocking": acc.dataloader_config.non_blocking,
-                   "pad_to_multiple_of": run.loader_options.pad_to_multiple_of},
+                   "pad_to_multiple_of": run.loader_options.pad_to_multiple_of,
+                   "length_buckets": list(run.loader_options.length_buckets or []) or None},
+        "packing": packing_summary(run),
+        "profile": profile_summary(run),
+        "compile": compile_summary(run),
         "weight_decay_groups": run.decay_groups,
         "gradient_accumulation_steps": train.gradient_accumulation_steps,
         "global_batch_size": train.batch_size * train.gradient_accumulation_steps * acc.num_processes,
@@ -103,6 +108,33 @@ def ran(run: Run) -> dict[str, Any]:
         "flops_model": run.flops.to_dict(),
         **run.model_description,
     }
+
+
+def packing_summary(run: Run) -> dict[str, Any] | None:
+    """How training batches were packed (data.packing), or None when they were padded."""
+    if not run.recipe.data.packing:
+        return None
+    return {"train_batches": "packed", "evaluation_batches": "padded",
+            "attention": attention_mode(run.decisions.attn_implementation)}  # fmt: skip
+
+
+def compile_summary(run: Run) -> dict[str, Any] | None:
+    """train.compile: how, and what compiling cost on this rank: over the whole run (the first steps and the
+    evaluations included) and inside the measured window, where a recompile's time is inside the step times."""
+    if run.compile_watch is None:
+        return None
+    window = run.window_compiled
+    return {"backend": "inductor", "dynamic": True if run.recipe.data.packing else None,
+            "run": run.compile_watch.read().to_dict(), "measured_window": window.to_dict() if window else None}  # fmt: skip
+
+
+def profile_summary(run: Run) -> dict[str, Any] | None:
+    """`harness run --profile N`: which steps were profiled and where the files are (this rank's names)."""
+    if not run.plan.profile_steps:
+        return None
+    first = run.recipe.collector.warmup_steps + 1
+    return {"steps": [first, first + run.plan.profile_steps - 1], "folder": str(run.plan.profile_dir),
+            "files": run.step_profiler.files() if run.step_profiler else {}}  # fmt: skip
 
 
 def device_name(device: str) -> str | None:
@@ -176,7 +208,7 @@ def build_result(run: Run, outcome: Outcome, test: Evaluation | None, test_from:
     device = device_name(run.device)
     speed = speed_report(
         log,
-        warmup_steps=recipe.collector.warmup_steps,
+        warmup_steps=run.untimed_steps,
         world_size=run.accelerator.num_processes,
         peak_flops_per_device=peak_flops(device, math_mode(recipe.precision.dtype, recipe.precision.tf32)),
         time_to_first_step_s=outcome.first_step_s,

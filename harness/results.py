@@ -22,7 +22,7 @@ from typing import IO, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from harness.errors import HarnessError
 
-SCHEMA_VERSION = "2.1"
+SCHEMA_VERSION = "2.2"
 
 
 @dataclass

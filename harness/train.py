@@ -29,6 +29,7 @@ from accelerate.utils import (
     DistributedType,
     InitProcessGroupKwargs,
     ProjectConfiguration,
+    TorchDynamoPlugin,
     broadcast_object_list,
     gather_object,
     set_seed,
@@ -39,6 +40,7 @@ from transformers import get_scheduler
 
 from harness.checkpoints import Progress, load_weights, resume, save_checkpoint, save_progress
 from harness.collector import BatchCounts, StepLog, StepTimer, cuda_timer
+from harness.compiling import CompileStats, CompileWatch, settle_problem_type
 from harness.data import LoaderOptions, eval_loader, load_labelled, tokenize, train_loader
 from harness.distributed import deepspeed_config, fsdp_options
 from harness.energy import EnergyMeter, nvml_reader
@@ -52,9 +54,19 @@ from harness.failures import (
     record_failure,
     stopped_exit_code,
 )  # fmt: skip
-from harness.modeling import decay_parameter_names, describe_model, flops_model, load_model, load_tokenizer, numel
+from harness.modeling import (
+    decay_parameter_names,
+    describe_model,
+    enable_gradient_checkpointing,
+    flops_model,
+    load_model,
+    load_tokenizer,
+    numel,
+)  # fmt: skip
+from harness.packing import PackingCollator, accept_packed_batches, position_ids_start
 from harness.plan import Plan, make_plan
 from harness.preflight import Decisions, preflight
+from harness.profiling import StepProfiler
 from harness.recipe import MIXED_PRECISION, Recipe, TrainSpec, load_recipe
 from harness.report import gather_and_save, save_interrupted
 from harness.results import utc_now
@@ -76,6 +88,9 @@ def make_accelerator(recipe: Recipe, decisions: Decisions) -> Accelerator:
     timeout = timedelta(seconds=recipe.hardware.collective_timeout_s)
     group = InitProcessGroupKwargs(backend=backend, timeout=timeout)
     pinned = LoaderOptions.for_run(recipe.data, decisions.device).pin_memory
+    # torch.compile of the prepared model (inductor); a packed row's length varies every step: dynamic shapes
+    dynamo = TorchDynamoPlugin(backend="inductor" if recipe.train.compile else "no",
+                               dynamic=True if recipe.data.packing else None)  # fmt: skip
     accelerator = Accelerator(
         # several machines may not share a disk: each saves a full copy of the training state (resumable runs)
         project_config=ProjectConfiguration(save_on_each_node=recipe.hardware.num_machines > 1),
@@ -89,6 +104,7 @@ def make_accelerator(recipe: Recipe, decisions: Decisions) -> Accelerator:
         kwargs_handlers=[group],
         deepspeed_plugin=plugin,
         fsdp_plugin=fsdp,
+        dynamo_plugin=dynamo,
     )
     asked = {"deepspeed": (plugin, DistributedType.DEEPSPEED), "fsdp": (fsdp, DistributedType.FSDP)}
     for key, (requested, expected) in asked.items():
@@ -155,6 +171,7 @@ class Run:
             self.data = tokenize(self.labelled.splits, self.tokenizer, spec)
         self.labels = self.labelled.labels
         model = load_model(self.recipe.model, self.labels, self.decisions.attn_implementation)
+        self.switch_speed_options(model)
         self.flops = flops_model(model)  # full sizes, also of ZeRO-3's partitioned parameters
         optimizer, self.fused, self.decay_groups = build_optimizer(model, self.recipe.train, self.device)
         self.prepare(model, optimizer)
@@ -165,12 +182,33 @@ class Run:
         self.train_start = time.perf_counter()
         self.progress: Progress | None = None  # the loop's progress, also when it is stopped from outside
         self.batch_in_flight: tuple[str, list[int] | None] = ("setup", None)  # named if it runs out of memory
+        self.step_profiler: StepProfiler | None = None
+
+    def switch_speed_options(self, model: torch.nn.Module) -> None:
+        """The fast path's switches on the model before it is prepared: packed batches, gradient checkpointing,
+        and torch.compile's bookkeeping (accelerate compiles the prepared model)."""
+        if self.recipe.data.packing:
+            accept_packed_batches(model)
+        if self.recipe.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        # torch.compile's work: over the run, and inside the measured window (read when training ends)
+        self.compile_watch: CompileWatch | None = None
+        self.window_compiles: CompileWatch | None = None
+        self.window_compiled: CompileStats | None = None
+        if self.recipe.train.compile:
+            settle_problem_type(model)  # else the first forward writes it and every graph recompiles at step 2
+            # one graph per bucket x batch size (full, last) x mode (training, evaluation) can pass torch's limit
+            # of 8, past which new shapes silently run uncompiled (counted as eager_fallbacks)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            self.compile_watch, self.window_compiles = CompileWatch(), CompileWatch()
+            self.compile_watch.start()
 
     def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         train, data = self.recipe.train, self.recipe.data
-        self.loader_options = LoaderOptions.for_run(data, self.device)
-        loaders = [train_loader(self.data["train"], self.tokenizer, train.batch_size, train.seed,
-                                data.group_by_length, self.recipe.hardware.num_processes, self.loader_options)]  # fmt: skip
+        self.loader_options = LoaderOptions.for_run(data, self.device, compiled=train.compile)
+        packing = PackingCollator(position_ids_start(model.config)) if data.packing else None
+        loaders = [train_loader(self.data["train"], self.tokenizer, train.batch_size, train.seed, data.group_by_length,
+                                self.recipe.hardware.num_processes, self.loader_options, packing)]  # fmt: skip
         self.eval_splits = [s for s in ("validation", "test") if s in self.data]
         loaders += [eval_loader(self.data[s], self.tokenizer, train.eval_batch_size, self.loader_options)
                     for s in self.eval_splits]  # fmt: skip
@@ -209,10 +247,13 @@ class Run:
         self.model.train()
         self.stop.start_training()
         warmup, attempt_steps = self.recipe.collector.warmup_steps, 0
+        profiler = self.step_profiler = self.profiler()
         synchronize(self.device)
         self.energy.start_loop()
-        if warmup == 0:
-            self.energy.open_window()
+        if self.untimed_steps == 0:
+            self.open_window()
+        if profiler and warmup == 0:
+            profiler.start()
         train_start = self.train_start = time.perf_counter()
         timer.restart()
         for epoch in range(state.epochs_done, self.epochs):
@@ -239,9 +280,11 @@ class Run:
                 state.step = step
                 timer.step_done(counts, self.flops.training_flops(counts.lengths))
                 counts, attempt_steps = BatchCounts(), attempt_steps + 1
-                if attempt_steps == warmup:  # the measured window starts: its energy is read from here on
+                if profiler:  # the steps after the warm-up, written out before the measured window opens
+                    profile_step(profiler, attempt_steps, warmup)
+                if attempt_steps == self.untimed_steps:
                     synchronize(self.device)
-                    self.energy.open_window()
+                    self.open_window()
                     timer.restart()
                 bar.update()
                 if first_step_s is None:
@@ -266,9 +309,30 @@ class Run:
                 break
         synchronize(self.device)
         self.energy.pause()
+        if profiler:
+            profiler.finish()  # a run shorter than its profile: what was profiled
+        if self.window_compiles:
+            self.window_compiled = self.window_compiles.read() if attempt_steps >= self.untimed_steps else None
         bar.close()
         state.step = step
         return Outcome(timer.finalize(), state, first_step_s, time.perf_counter() - train_start, resumed_from)
+
+    @property
+    def untimed_steps(self) -> int:
+        """Steps of this attempt before the measured window: the warm-up, then the profiled steps (the profiler
+        slows them); their work is charged at the measured rate (harness/collector.py)."""
+        return self.recipe.collector.warmup_steps + self.plan.profile_steps
+
+    def open_window(self) -> None:
+        """The measured window starts: its energy and its compiles are counted from here on."""
+        self.energy.open_window()
+        if self.window_compiles:
+            self.window_compiles.start()
+
+    def profiler(self) -> StepProfiler | None:
+        if not self.plan.profile_steps:
+            return None
+        return StepProfiler(self.plan.profile_steps, self.plan.profile_dir, self.device, self.accelerator.process_index)
 
     @contextlib.contextmanager
     def outside_the_window(self, timer: StepTimer):
@@ -276,9 +340,13 @@ class Run:
         steps before it first; the step timer restarts after it."""
         synchronize(self.device)
         self.energy.pause()
+        if self.window_compiles:  # an evaluation's compiles are not inside any step's time
+            self.window_compiles.pause()
         yield
         synchronize(self.device)
         self.energy.resume()
+        if self.window_compiles:
+            self.window_compiles.resume()
         timer.restart()
 
     def log_loss(self, step: int, epoch: int, loss: torch.Tensor, learning_rate: float) -> dict[str, Any]:
@@ -333,6 +401,14 @@ class Run:
         test_from = self.test_weights(best)
         self.batch_in_flight = ("evaluation", None)
         return evaluate(self.model, self.eval_dls["test"], self.accelerator, self.device, "testing", self.stop), test_from
+
+
+def profile_step(profiler: StepProfiler, step: int, warmup: int) -> None:
+    """Profile the steps warmup + 1 .. warmup + N of the attempt: start after the warm-up, count each step after."""
+    if step == warmup:
+        profiler.start()
+    elif step > warmup:
+        profiler.step_done()
 
 
 def timed_batches(loader) -> Iterator[tuple[dict[str, Any], float]]:

@@ -358,6 +358,32 @@ def test_rounded_batch_lengths_count_the_rounding_as_padding(minilm_tokenizer, t
     assert batch["counts"].real_tokens == sum(counts[i] for i in rows) == int(batch["attention_mask"].sum())
 
 
+def test_bucketed_batch_lengths_are_the_next_bucket(minilm_tokenizer, train_df):
+    """With length buckets, a batch is as wide as the smallest bucket that holds its longest text: a compiled
+    model sees a few shapes. The widening counts as padding."""
+    texts = train_df["text"].tolist()[:40]
+    counts = token_counts(minilm_tokenizer, texts)
+    ds = tokenize(as_dataset(texts), minilm_tokenizer, DataSpec(name="x"))["train"]
+    collate = CountingCollator(minilm_tokenizer, length_buckets=(16, 24, 512))
+    for rows in ([3, 17], [0, 25, 39], [8]):
+        longest = max(counts[i] for i in rows)
+        width = 16 if longest <= 16 else 24 if longest <= 24 else 512
+        batch = collate([ds[i] for i in rows])
+        assert tuple(batch["input_ids"].shape) == (len(rows), width)
+        assert batch["counts"].padded_tokens == len(rows) * width
+        assert batch["counts"].real_tokens == sum(counts[i] for i in rows) == int(batch["attention_mask"].sum())
+
+
+def test_a_compiled_run_gets_length_buckets_unless_it_packs():
+    spec = DataSpec(name="x", max_length=100)
+    assert LoaderOptions.for_run(spec, "cuda", compiled=True).length_buckets == (32, 64, 100)
+    assert LoaderOptions.for_run(spec, "cuda", compiled=True).pad_to_multiple_of is None
+    assert LoaderOptions.for_run(spec, "cuda").length_buckets is None
+    chosen = DataSpec(name="x", max_length=100, length_buckets=[50, 100])
+    assert LoaderOptions.for_run(chosen, "cpu").length_buckets == (50, 100)  # the recipe's, compiled or not
+    assert LoaderOptions.for_run(DataSpec(name="x", packing=True), "cuda", compiled=True).length_buckets is None
+
+
 def test_loader_options_follow_the_device_unless_the_recipe_says():
     cpu, cuda = LoaderOptions.for_run(DataSpec(name="x"), "cpu"), LoaderOptions.for_run(DataSpec(name="x"), "cuda")
     assert (cpu.pin_memory, cpu.pad_to_multiple_of) == (False, None)

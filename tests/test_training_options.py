@@ -109,7 +109,7 @@ def test_the_wait_for_data_is_measured_and_workers_change_no_number(tmp_path, mo
     assert all(0.05 <= wait <= step for wait, step in zip(log["data_wait_s"], log["durations_s"]))
     assert speed["data_wait_fraction"] == pytest.approx(sum(log["data_wait_s"][1:]) / sum(log["durations_s"][1:]))
     assert slowed["ran"]["loader"] == {"num_workers": 0, "pin_memory": False, "non_blocking": False,
-                                      "pad_to_multiple_of": None}
+                                      "pad_to_multiple_of": None, "length_buckets": None}
 
     plain = train_in_process(tmp_path, "plain")
     workers = train_in_process(tmp_path, "workers", "data.num_workers=2")
