@@ -155,3 +155,75 @@ def test_attention_implementations_give_the_same_logits():
             logits[implementation] = model(input_ids=ids, attention_mask=mask).logits.float()
     for implementation, value in logits.items():
         torch.testing.assert_close(value, logits["eager"], atol=3e-2, rtol=3e-2, msg=implementation)
+
+
+def flash_attention_installed() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager", "flash_attention_2"])
+def test_packed_logits_equal_the_padded_forward_on_the_gpu(implementation):
+    """data.packing on CUDA in bf16, ModernBERT-base shape (sliding and global layers): each sample's logits
+    from the packed row equal its padded forward's within bf16 tolerance, for the varlen kernel (flash-attn)
+    and the block-diagonal masks (sdpa, eager)."""
+    if implementation == "flash_attention_2" and not flash_attention_installed():
+        pytest.skip("flash-attn is not installed")
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from harness.packing import PackingCollator, accept_packed_batches
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("modernbert", num_labels=4)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation=implementation)
+    model = accept_packed_batches(model.to("cuda", torch.bfloat16).eval())
+    lengths = [512, 300, 17, 128, 200]
+    rows = [{"input_ids": torch.randint(5, 30000, (n,)).tolist(), "labels": i % 4, "length": n}
+            for i, n in enumerate(lengths)]  # fmt: skip
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row["input_ids"])] = torch.tensor(row["input_ids"])
+    mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
+    packed = PackingCollator()([dict(r) for r in rows])
+    packed.pop("counts")
+    packed = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in packed.items()}
+    with torch.no_grad():
+        reference = model(input_ids=ids.cuda(), attention_mask=mask.cuda()).logits.float()
+        logits = model(**packed).logits.float()
+    torch.testing.assert_close(logits, reference, atol=3e-2, rtol=3e-2)
+
+
+def test_fast_path_switches_run_on_the_gpu_and_say_so(results_dir, fixed_length_csv, tmp_path):
+    """torch.compile, packing and gradient checkpointing together on the speed recipe: the run completes and its
+    result records each switch as it ran (compile counts, packed batches with no padding, checkpointing)."""
+    attention = "flash_attention_2" if flash_attention_installed() else "sdpa"
+    result = run_speed_recipe(results_dir, tmp_path, f"data.train_file={fixed_length_csv}", "train.compile=true",
+                              "data.packing=true", "train.gradient_checkpointing=true", "data.pad_to_multiple_of=null",
+                              f"model.attn_implementation={attention}")  # fmt: skip
+    ran = result["ran"]
+    assert ran["compile"]["run"]["compiles"] >= 1 and ran["compile"]["run"]["eager_fallbacks"] == 0
+    assert ran["packing"]["train_batches"] == "packed" and ran["gradient_checkpointing"] is True
+    assert result["speed"]["padding_efficiency"] == 1.0
+    assert ran["attn_implementation"] == attention
+
+
+def test_profile_writes_a_trace_and_a_cuda_memory_snapshot(results_dir, fixed_length_csv, tmp_path):
+    import gzip
+    import json
+    import pickle
+
+    flags = [f"--set={o}" for o in [*SHORT, f"output.checkpoints_dir={tmp_path / 'ck'}", "train.max_steps=12",
+                                    f"data.train_file={fixed_length_csv}"]]  # fmt: skip
+    out = tmp_path / "results"
+    assert main(["run", SPEED, "--results-dir", str(out), "--profile", "3", *flags]) == 0
+    (path,) = find_result_files([out])
+    profile = load_result(path)["ran"]["profile"]
+    folder = Path(profile["folder"])
+    with gzip.open(folder / profile["files"]["trace"], "rt") as handle:
+        events = json.load(handle)["traceEvents"]
+    assert any(e.get("cat") == "kernel" for e in events)
+    with open(folder / profile["files"]["memory_snapshot"], "rb") as handle:
+        assert "segments" in pickle.load(handle)
