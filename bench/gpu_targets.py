@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import stats
-from harness.compare import METRICS, Group, Table, counted, load_results, render_markdown, resolve_split
+from harness.compare import METRICS, Group, Table, counted, dig, load_results, render_markdown, resolve_split
 
 SPEED_RECIPES = ("modernbert-base-speed-matrix", "modernbert-base-speed-matrix-fa2")
 SEED_SUFFIX = "-seed-trainer"  # bench/seed_trainer.py names its result's recipe <recipe>-seed-trainer
@@ -59,15 +59,6 @@ class Outcome:
     status: str  # MET, MISSED or NO_DATA
     summary: str  # the deciding numbers, one line
     body: list[str]  # markdown lines of its section: how it was judged, tables
-
-
-def dig(document: Any, *keys: str) -> Any:
-    """document[k1][k2]...; None where a level is missing or null."""
-    for key in keys:
-        if not isinstance(document, dict):
-            return None
-        document = document.get(key)
-    return document
 
 
 def arm_label(result: dict[str, Any]) -> str:

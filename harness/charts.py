@@ -17,9 +17,9 @@ from harness.compare import (
     THROUGHPUT,
     Group,
     Table,
-    _dig,
     _spread,
     column_header,
+    dig,
     group_runs,
     load_results,
     varying_settings,
@@ -113,13 +113,13 @@ def pareto_chart(groups: list[Group]) -> ParetoChart:
     for group, varying in zip(groups, varying_settings(groups)):
         first = group.results[0]
         label = "\n".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in varying.items()) or str(group.label)
-        if _dig(first, "error", "type") == "OutOfMemory":
-            batch = _dig(first, "error", "batch_size") or _dig(first, "recipe", "train", "batch_size")
+        if dig(first, "error", "type") == "OutOfMemory":
+            batch = dig(first, "error", "batch_size") or dig(first, "recipe", "train", "batch_size")
             chart.out_of_memory.append(OutOfMemory(label, batch))
             continue
         memory, speed = group.mean("peak_memory_gib"), group.mean(THROUGHPUT)
         if memory is not None and speed is not None:
-            cuda = _dig(first, "memory", "cuda_peak_allocated_bytes") is not None
+            cuda = dig(first, "memory", "cuda_peak_allocated_bytes") is not None
             chart.points.append(ParetoPoint(label, memory, speed, cuda))
     mark_pareto_front(chart.points)
     return chart

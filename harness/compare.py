@@ -44,7 +44,7 @@ Getter = Callable[[dict[str, Any], str], Any]  # (result document, accuracy spli
 PairedTest = Callable[[np.ndarray, np.ndarray, np.ndarray], stats.Comparison]  # (labels, preds a, preds b)
 
 
-def _dig(document: Any, *keys: str) -> Any:
+def dig(document: Any, *keys: str) -> Any:
     """document[k1][k2]...; None where a level is missing or null."""
     for key in keys:
         if not isinstance(document, dict):
@@ -81,14 +81,14 @@ class Metric:
 
 
 def _speed(key: str, direction: str, fmt: Callable[[float], str]) -> Metric:
-    return Metric(lambda result, split: _dig(result, "speed", key), direction, fmt)
+    return Metric(lambda result, split: dig(result, "speed", key), direction, fmt)
 
 
 def _gib(*keys: str) -> Metric:
     """Memory in GiB: the first of keys (byte counts) that the run recorded."""
 
     def get(result: dict[str, Any], split: str) -> float | None:
-        value = next((value for key in keys if (value := _dig(result, "memory", key)) is not None), None)
+        value = next((value for key in keys if (value := dig(result, "memory", key)) is not None), None)
         return None if value is None else value / 2**30
 
     return Metric(get, "↓", _significant)
@@ -96,17 +96,17 @@ def _gib(*keys: str) -> Metric:
 
 def _derived(key: str, median: bool = False) -> Metric:
     """A value compare derives (with_costs), not one the result file holds."""
-    return Metric(lambda result, split: _dig(result, "derived", key), "↓", _significant, median=median)
+    return Metric(lambda result, split: dig(result, "derived", key), "↓", _significant, median=median)
 
 
 def _to_target(key: str) -> Metric:
     """What reaching train.target took (null when the run never reached it): a median over repeats."""
-    return Metric(lambda result, split: _dig(result, "training", "target", key), "↓", _significant, median=True)
+    return Metric(lambda result, split: dig(result, "training", "target", key), "↓", _significant, median=True)
 
 
 def _accuracy(key: str, with_stderr: bool = False, paired: PairedTest | None = None) -> Metric:
     def getter(name: str) -> Getter:
-        return lambda result, split: _dig(result, "accuracy", split, name)
+        return lambda result, split: dig(result, "accuracy", split, name)
 
     return Metric(getter(key), "↑", _fraction, getter(f"{key}_stderr") if with_stderr else None, paired)
 
@@ -239,15 +239,15 @@ def resolve_split(result: dict[str, Any], split: str) -> str:
 
 
 def world_size(result: dict[str, Any]) -> int:
-    return _dig(result, "ran", "world_size") or _dig(result, "recipe", "hardware", "num_processes") or 1
+    return dig(result, "ran", "world_size") or dig(result, "recipe", "hardware", "num_processes") or 1
 
 
 def global_batch_size(result: dict[str, Any]) -> int | None:
     """Samples per optimizer step over all processes, as recorded, else from the recipe."""
-    recorded = _dig(result, "ran", "global_batch_size")
+    recorded = dig(result, "ran", "global_batch_size")
     if recorded is not None:
         return recorded
-    train = _dig(result, "recipe", "train") or {}
+    train = dig(result, "recipe", "train") or {}
     if train.get("batch_size") is None:
         return None
     return train["batch_size"] * (train.get("gradient_accumulation_steps") or 1) * world_size(result)
@@ -257,9 +257,9 @@ def with_costs(result: dict[str, Any], prices: Prices) -> dict[str, Any]:
     """A shallow copy of result with ``derived`` costs: result files hold no prices, which change. cost_usd is the
     whole run (price x GPUs x total_wall_s), usd_per_million_samples the measured training rate's; None without a
     price for the device (CPUs have none) or without the time."""
-    price, gpus = prices.price(_dig(result, "ran", "device_name")), world_size(result)
-    wall, rate = _dig(result, "speed", "total_wall_s"), _dig(result, "speed", "train_samples_per_s")
-    to_target = _dig(result, "training", "target", "train_wall_s")
+    price, gpus = prices.price(dig(result, "ran", "device_name")), world_size(result)
+    wall, rate = dig(result, "speed", "total_wall_s"), dig(result, "speed", "train_samples_per_s")
+    to_target = dig(result, "training", "target", "train_wall_s")
     derived = {
         "cost_usd": None if price is None or wall is None else price * gpus * wall / 3600,
         "usd_per_million_samples": None if price is None or not rate else price * gpus / 3600 / rate * 1e6,
@@ -271,7 +271,7 @@ def with_costs(result: dict[str, Any], prices: Prices) -> dict[str, Any]:
 def cost_notes(results: list[dict[str, Any]], prices: Prices) -> list[str]:
     """Where the prices behind the cost columns came from, and which completed runs have no cost and why."""
     completed = [result for result in results if result.get("status") == "completed"]
-    devices = [_dig(result, "ran", "device_name") for result in completed]
+    devices = [dig(result, "ran", "device_name") for result in completed]
     by_origin: dict[str, list[str]] = defaultdict(list)
     for device in dict.fromkeys(device for device in devices if prices.price(device) is not None):
         by_origin[prices.origin(device)].append(device)
@@ -292,9 +292,9 @@ def setup(result: dict[str, Any]) -> str:
     ran = result.get("ran") or {}
     dtype = "fp32" if ran.get("mixed_precision") == "no" else ran.get("mixed_precision")
     parts = [
-        ran.get("device") or _dig(result, "recipe", "hardware", "device"),
-        dtype or _dig(result, "recipe", "precision", "dtype"),
-        ran.get("attn_implementation") or _dig(result, "recipe", "model", "attn_implementation"),
+        ran.get("device") or dig(result, "recipe", "hardware", "device"),
+        dtype or dig(result, "recipe", "precision", "dtype"),
+        ran.get("attn_implementation") or dig(result, "recipe", "model", "attn_implementation"),
         f"x{world_size(result)}",
     ]
     if (ran.get("num_machines") or 1) > 1:
@@ -352,7 +352,7 @@ def group_runs(results: list[dict[str, Any]], paths: list[Path] | None = None, p
     failed ones included, so their ids (which name their logs) stay visible. First-seen order."""
     groups: dict[tuple[str, Any], Group] = {}
     for i, (result, path) in enumerate(zip(results, paths or [None] * len(results))):
-        repeats = _dig(result, "repeats", "group")
+        repeats = dig(result, "repeats", "group")
         together = repeats is not None and not per_run and result.get("status") == "completed"
         key = ("repeats", repeats) if together else ("run", i)
         if key not in groups:
@@ -417,8 +417,8 @@ def paired_predictions(row: Group, base: Group, split: str) -> tuple[np.ndarray,
         return None
     (a, path_a), (b, path_b) = (row.results[0], row.paths[0]), (base.results[0], base.paths[0])
     split_a, split_b = resolve_split(a, split), resolve_split(b, split)
-    fingerprint = _dig(a, "training", "data", "fingerprints", split_a)
-    if split_a != split_b or fingerprint is None or fingerprint != _dig(b, "training", "data", "fingerprints", split_b):
+    fingerprint = dig(a, "training", "data", "fingerprints", split_a)
+    if split_a != split_b or fingerprint is None or fingerprint != dig(b, "training", "data", "fingerprints", split_b):
         return None
     mine, theirs = _predictions(a, path_a, split_a), _predictions(b, path_b, split_b)
     if mine is None or theirs is None or not np.array_equal(mine[0], theirs[0]):  # rows must align one to one
@@ -523,7 +523,7 @@ def _compare_with_baseline(
 def _scaling_key(result: dict[str, Any], with_batch: bool = True) -> str:
     """The configuration without the process count and the batch split (labels and seed left out too);
     equal keys, comparable runs. with_batch keeps the global batch in it."""
-    ran = {key: _dig(result, "ran", key) for key in ("device", "device_name", "mixed_precision", "attn_implementation")}
+    ran = {key: dig(result, "ran", key) for key in ("device", "device_name", "mixed_precision", "attn_implementation")}
     key = {"recipe": settings(result, SCALING_IGNORED), "ran": ran}
     if with_batch:
         key["global_batch_size"] = global_batch_size(result)
@@ -825,7 +825,7 @@ def mixed_settings(cells: Iterable[Group], keys: list[str]) -> list[str]:
     mean spans several setups."""
     mixed: dict[str, None] = {}
     for cell in cells:
-        described = [{**settings(result, SEEDLESS), "ran.device_name": str(_dig(result, "ran", "device_name"))}
+        described = [{**settings(result, SEEDLESS), "ran.device_name": str(dig(result, "ran", "device_name"))}
                      for result in cell.results]  # fmt: skip
         for name in dict.fromkeys(name for run in described for name in run):
             if name not in keys and len({run.get(name) for run in described}) > 1:
