@@ -40,7 +40,7 @@ def save_checkpoint(accelerator: Accelerator, model, tokenizer, path: Path, info
     if accelerator.is_main_process:
         staging = path.with_name(path.name + ".staging")
         shutil.rmtree(staging, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(staging, state_dict=state, save_function=accelerator.save)
+        accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(staging, state_dict=state, save_function=accelerator.save)
         tokenizer.save_pretrained(staging)
         write_new_json(staging / CHECKPOINT_INFO, info)
         swap_in(staging, path)
@@ -74,7 +74,7 @@ def load_weights(accelerator: Accelerator, model, path: Path) -> None:
     if accelerator.is_main_process:
         with full_size_parameters(plugin):
             state = AutoModelForSequenceClassification.from_pretrained(path).state_dict()
-    model = accelerator.unwrap_model(model)
+    model = accelerator.unwrap_model(model, keep_torch_compile=False)  # the compiled module names its weights _orig_mod.*
     if accelerator.distributed_type == DistributedType.FSDP:  # sharded (DTensor) parameters: each rank takes its shard
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 

@@ -176,7 +176,7 @@ class Run:
         optimizer, self.fused, self.decay_groups = build_optimizer(model, self.recipe.train, self.device)
         self.prepare(model, optimizer)
         # read back from the prepared model: its device, and the dtype DeepSpeed or FSDP gave it
-        self.model_description = describe_model(self.accelerator.unwrap_model(self.model))
+        self.model_description = describe_model(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
         self.best_validation: Evaluation | None = None
         self.energy = EnergyMeter(nvml_reader(self.device))
         self.train_start = time.perf_counter()

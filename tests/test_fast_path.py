@@ -87,7 +87,8 @@ def test_a_compiled_run_learns_the_same_and_reports_its_compilation(tmp_path):
     compiled and for how long, over the run and inside the measured window. Bucketed lengths bound the training
     shapes. Without warm-up steps the first compile falls inside the window, and the result says so."""
     plain, _ = run(tmp_path)
-    compiled, _ = run(tmp_path, "train.compile=true", "collector.warmup_steps=0")
+    # save_best: the test split is evaluated with the best checkpoint, reloaded into the compiled model
+    compiled, _ = run(tmp_path, "train.compile=true", "collector.warmup_steps=0", "train.save_best=true")
     assert losses(compiled) == pytest.approx(losses(plain), rel=1e-4)
     report = compiled["ran"]["compile"]
     log = compiled["training"]["step_log"]
@@ -100,3 +101,5 @@ def test_a_compiled_run_learns_the_same_and_reports_its_compilation(tmp_path):
     window = report["measured_window"]
     assert window["compiles"] == 1 and window["recompiles"] == 0 and 0 < window["compile_s"] < report["run"]["compile_s"]
     assert report["run"]["eager_fallbacks"] == 0 and plain["ran"]["compile"] is None
+    assert compiled["training"]["test_from"] == "best_checkpoint" and "f1_macro" in compiled["accuracy"]["test"]
+    assert compiled["ran"]["model_class"] == "BertForSequenceClassification"  # the model, not torch's wrapper
