@@ -19,6 +19,7 @@ from typing import Any
 
 from accelerate import Accelerator, DeepSpeedPlugin
 from accelerate.utils import DistributedType
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from harness.results import write_new_json
 
@@ -37,10 +38,12 @@ def swap_in(staging: Path, path: Path) -> None:
 def save_checkpoint(accelerator: Accelerator, model, tokenizer, path: Path, info: dict[str, Any]) -> None:
     """Weights + tokenizer + run info, loadable with from_pretrained anywhere."""
     state = accelerator.get_state_dict(model)  # collective under DeepSpeed ZeRO-3: every rank calls it
+    consume_prefix_in_state_dict_if_present(state, "_orig_mod.")  # torch.compile's wrapper prefixes every name
     if accelerator.is_main_process:
         staging = path.with_name(path.name + ".staging")
         shutil.rmtree(staging, ignore_errors=True)
-        accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(staging, state_dict=state, save_function=accelerator.save)
+        plain = accelerator.unwrap_model(model, keep_torch_compile=False)  # past torch.compile's wrapper too
+        plain.save_pretrained(staging, state_dict=state, save_function=accelerator.save)
         tokenizer.save_pretrained(staging)
         write_new_json(staging / CHECKPOINT_INFO, info)
         swap_in(staging, path)
@@ -74,7 +77,8 @@ def load_weights(accelerator: Accelerator, model, path: Path) -> None:
     if accelerator.is_main_process:
         with full_size_parameters(plugin):
             state = AutoModelForSequenceClassification.from_pretrained(path).state_dict()
-    model = accelerator.unwrap_model(model, keep_torch_compile=False)  # the compiled module names its weights _orig_mod.*
+    # past torch.compile's wrapper, whose weights are named _orig_mod.*
+    model = accelerator.unwrap_model(model, keep_torch_compile=False)
     if accelerator.distributed_type == DistributedType.FSDP:  # sharded (DTensor) parameters: each rank takes its shard
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 

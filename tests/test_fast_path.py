@@ -102,4 +102,11 @@ def test_a_compiled_run_learns_the_same_and_reports_its_compilation(tmp_path):
     assert window["compiles"] == 1 and window["recompiles"] == 0 and 0 < window["compile_s"] < report["run"]["compile_s"]
     assert report["run"]["eager_fallbacks"] == 0 and plain["ran"]["compile"] is None
     assert compiled["training"]["test_from"] == "best_checkpoint" and "f1_macro" in compiled["accuracy"]["test"]
+    # the checkpoint names its weights as the model does (not torch.compile's _orig_mod.*), so all of them load
+    from transformers import AutoModelForSequenceClassification
+
+    _, loading = AutoModelForSequenceClassification.from_pretrained(
+        compiled["training"]["best"]["checkpoint"], output_loading_info=True
+    )
+    assert not loading["missing_keys"] and not loading["unexpected_keys"]
     assert compiled["ran"]["model_class"] == "BertForSequenceClassification"  # the model, not torch's wrapper
