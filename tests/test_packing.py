@@ -168,3 +168,22 @@ def test_packing_a_model_or_attention_that_would_mix_samples_is_refused(tmp_path
     recipe = synthetic(tmp_path, "data.packing=true", f"output.results_dir={tmp_path}", *overrides)
     with pytest.raises(PreflightError, match=f"data.packing: {match}.*set data.packing: false"):
         preflight(recipe)
+
+
+@pytest.mark.slow
+def test_two_processes_train_packed_batches_as_they_train_padded_ones(tmp_path):
+    """DDP reaches the packed forward: two gloo processes, each packing its own batches, give the padded
+    two-process run's losses, and every sample is counted once."""
+    from harness.launcher import launch
+    from harness.plan import make_plan
+    from harness.results import load_result
+
+    def run(*overrides):
+        recipe = synthetic(tmp_path, "hardware.num_processes=2", "train.batch_size=8", *overrides)
+        return load_result(launch(make_plan(recipe, results_dir=str(tmp_path / "results"))))
+
+    plain, packed = run(), run("data.packing=true")
+    assert packed["ran"]["world_size"] == 2 and packed["ran"]["packing"]["train_batches"] == "packed"
+    assert sum(packed["training"]["step_log"]["samples"]) == 4 * 8 * 2
+    losses = [[entry["loss"] for entry in r["training"]["loss_history"]] for r in (plain, packed)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
