@@ -38,8 +38,8 @@ def swap_in(staging: Path, path: Path) -> None:
 def save_checkpoint(accelerator: Accelerator, model, tokenizer, path: Path, info: dict[str, Any]) -> None:
     """Weights + tokenizer + run info, loadable with from_pretrained anywhere."""
     state = accelerator.get_state_dict(model)  # collective under DeepSpeed ZeRO-3: every rank calls it
-    consume_prefix_in_state_dict_if_present(state, "_orig_mod.")  # torch.compile's wrapper prefixes every name
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # the only rank with the whole state under ZeRO-3 (the others get None)
+        consume_prefix_in_state_dict_if_present(state, "_orig_mod.")  # torch.compile's wrapper prefixes every name
         staging = path.with_name(path.name + ".staging")
         shutil.rmtree(staging, ignore_errors=True)
         plain = accelerator.unwrap_model(model, keep_torch_compile=False)  # past torch.compile's wrapper too
