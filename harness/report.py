@@ -123,8 +123,8 @@ def compile_summary(run: Run) -> dict[str, Any] | None:
     evaluations included) and inside the measured window, where a recompile's time is inside the step times."""
     if run.compile_watch is None:
         return None
-    window = run.window_compiled
-    return {"backend": "inductor", "dynamic": True if run.recipe.data.packing else None,
+    window, plugin = run.window_compiled, run.accelerator.state.dynamo_plugin  # read back from accelerate
+    return {"backend": plugin.backend.value.lower(), "mode": plugin.mode, "dynamic": plugin.dynamic,
             "run": run.compile_watch.read().to_dict(), "measured_window": window.to_dict() if window else None}  # fmt: skip
 
 

@@ -88,9 +88,9 @@ def make_accelerator(recipe: Recipe, decisions: Decisions) -> Accelerator:
     timeout = timedelta(seconds=recipe.hardware.collective_timeout_s)
     group = InitProcessGroupKwargs(backend=backend, timeout=timeout)
     pinned = LoaderOptions.for_run(recipe.data, decisions.device).pin_memory
-    # torch.compile of the prepared model (inductor); a packed row's length varies every step: dynamic shapes
-    dynamo = TorchDynamoPlugin(backend="inductor" if recipe.train.compile else "no",
-                               dynamic=True if recipe.data.packing else None)  # fmt: skip
+    # torch.compile of the prepared model (inductor): static shapes for bucketed padded batches (one graph per
+    # bucket), dynamic ones for packed rows, whose length varies every step
+    dynamo = TorchDynamoPlugin(backend="inductor" if recipe.train.compile else "no", dynamic=recipe.data.packing)
     accelerator = Accelerator(
         # several machines may not share a disk: each saves a full copy of the training state (resumable runs)
         project_config=ProjectConfiguration(save_on_each_node=recipe.hardware.num_machines > 1),

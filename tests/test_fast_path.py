@@ -91,6 +91,7 @@ def test_a_compiled_run_learns_the_same_and_reports_its_compilation(tmp_path):
     compiled, _ = run(tmp_path, "train.compile=true", "collector.warmup_steps=0", "train.save_best=true")
     assert losses(compiled) == pytest.approx(losses(plain), rel=1e-4)
     report = compiled["ran"]["compile"]
+    assert (report["backend"], report["dynamic"]) == ("inductor", False)  # as accelerate compiled it: static
     log = compiled["training"]["step_log"]
     shapes = {(samples, padded // samples) for padded, samples in zip(log["padded_tokens"], log["samples"])}
     # every training batch fills the 128 bucket: one training graph, and the evaluation's (no_grad) graph, a
