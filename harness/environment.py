@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = (
-    "torch", "transformers", "accelerate", "datasets", "tokenizers", "scikit-learn", "numpy",
-    "deepspeed", "flash-attn", "modal", "harness",
+    "torch", "transformers", "accelerate", "huggingface-hub", "datasets", "tokenizers", "safetensors",
+    "scikit-learn", "numpy", "deepspeed", "flash-attn", "modal", "harness",
 )  # fmt: skip
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

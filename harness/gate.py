@@ -98,7 +98,9 @@ def environment_differences(base: Group, cand: Group) -> list[str]:
     def values(group: Group, key: str) -> list[str]:
         return sorted({json.dumps(environment(result).get(key)) for result in group.results})
 
-    keys = dict.fromkeys(key for result in base.results + cand.results for key in environment(result))
+    # a field that some run does not record (a package an older harness did not list) is unknown there, not changed
+    recorded = [environment(result) for result in base.results + cand.results]
+    keys = [key for key in recorded[0] if all(key in fields for fields in recorded)]
     return [f"{key}: {', '.join(values(base, key))} (baseline) vs {', '.join(values(cand, key))} (candidate)"
             for key in keys if values(base, key) != values(cand, key)]  # fmt: skip
 

@@ -225,6 +225,7 @@ def as_dataset(texts: list[str]) -> DatasetDict:
                                                     "row": list(range(len(texts)))})})  # fmt: skip
 
 
+@pytest.mark.stack
 def test_batch_mode_does_not_pad(minilm_tokenizer, train_df):
     texts = train_df["text"].tolist()
     tokenized = tokenize(as_dataset(texts), minilm_tokenizer, DataSpec(name="x", max_length=128))["train"]
@@ -236,6 +237,7 @@ def test_batch_mode_does_not_pad(minilm_tokenizer, train_df):
     assert tokenized["row"] == list(range(len(texts)))
 
 
+@pytest.mark.stack
 def test_chunk_mode_pads_each_1000_row_chunk_to_its_longest(minilm_tokenizer, train_df):
     texts = train_df["text"].tolist()
     counts = token_counts(minilm_tokenizer, texts)
@@ -358,6 +360,7 @@ def test_rounded_batch_lengths_count_the_rounding_as_padding(minilm_tokenizer, t
     assert batch["counts"].real_tokens == sum(counts[i] for i in rows) == int(batch["attention_mask"].sum())
 
 
+@pytest.mark.stack
 def test_bucketed_batch_lengths_are_the_next_bucket(minilm_tokenizer, train_df):
     """With length buckets, a batch is as wide as the smallest bucket that holds its longest text: a compiled
     model sees a few shapes. The widening counts as padding."""
@@ -393,6 +396,7 @@ def test_loader_options_follow_the_device_unless_the_recipe_says():
     assert chosen.loader_arguments()["persistent_workers"] is True
 
 
+@pytest.mark.stack
 def test_counting_collator_counts(minilm_tokenizer, train_df):
     texts = train_df["text"].tolist()[:40]
     counts = token_counts(minilm_tokenizer, texts)
@@ -413,6 +417,7 @@ def test_counting_collator_counts(minilm_tokenizer, train_df):
         assert "length" not in batch and "repeat" not in batch
 
 
+@pytest.mark.stack
 def test_eval_loader_covers_every_row_once(minilm_tokenizer, train_df):
     texts = train_df["text"].tolist()[:150]
     counts = token_counts(minilm_tokenizer, texts)
@@ -428,6 +433,7 @@ def test_eval_loader_covers_every_row_once(minilm_tokenizer, train_df):
     assert seen_lengths == sorted(seen_lengths, reverse=True)  # longest first
 
 
+@pytest.mark.stack
 def test_train_loader_batches_count_every_real_token(minilm_tokenizer, train_df):
     texts = train_df["text"].tolist()[:100]
     counts = token_counts(minilm_tokenizer, texts)

@@ -143,6 +143,19 @@ def test_another_environment_is_refused_naming_the_fields_unless_allowed(tmp_pat
     assert code == 0 and "note: environment differs (allowed by --allow-env-change): packages.torch" in out
 
 
+def test_a_package_that_one_side_does_not_record_is_not_a_change(tmp_path, capsys):
+    """Results written before the harness recorded huggingface-hub compare with newer ones; a recorded change
+    of it is still a change."""
+    recorded = {**CPU, "packages": {**CPU["packages"], "huggingface-hub": "1.33.0"}}
+    base = write_runs(tmp_path / "base", result("a"))
+    cand = write_runs(tmp_path / "cand", result("b", environment=recorded))
+    assert gate(capsys, base, cand)[0] == 0
+    other = {**CPU, "packages": {**CPU["packages"], "huggingface-hub": "2.4.0"}}
+    newer = write_runs(tmp_path / "newer", result("c", environment=other))
+    code, _, err = gate(capsys, cand, newer)
+    assert code == 2 and 'packages.huggingface-hub: "1.33.0" (baseline) vs "2.4.0" (candidate)' in err
+
+
 def test_a_cpu_run_is_not_compared_with_a_gpu_run_nor_with_another_cpu(tmp_path, capsys):
     base = write_runs(tmp_path / "base", result("a"))
     gpu = write_runs(tmp_path / "gpu", result("b", environment=H100))

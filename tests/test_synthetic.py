@@ -57,6 +57,7 @@ def test_every_bundled_shape_is_expected():
     assert sorted(EXPECTED) == shape_names()
 
 
+@pytest.mark.stack
 @pytest.mark.parametrize("shape", sorted(EXPECTED))
 def test_a_shape_builds_the_public_models_size(shape):
     from transformers import AutoModelForSequenceClassification
@@ -147,6 +148,7 @@ def tokenised_lengths(texts, tokenizer) -> np.ndarray:
     return np.array([len(ids) for ids in tokenizer(list(texts))["input_ids"]])
 
 
+@pytest.mark.stack
 def test_texts_tokenise_to_exactly_the_drawn_lengths(minilm_tokenizer):
     recipe = synthetic_recipe({"distribution": "uniform", "min": 3, "max": 200}, train_samples=300, eval_samples=40,
                               num_labels=3)  # fmt: skip
